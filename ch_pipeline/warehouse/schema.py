@@ -1,0 +1,112 @@
+"""The warehouse tables, written once (DESIGN §5).
+
+Each table is a list of ``Column``s; the DuckDB DDL, the BigQuery schema and the Arrow schema of
+landed batches are all derived from it, so the three can never drift apart. Timestamps are
+absolute instants in UTC (DuckDB ``TIMESTAMPTZ`` = BigQuery ``TIMESTAMP``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+STREAM_TABLE = "company_house_stream"
+REJECTS_TABLE = "company_house_stream_rejects"
+BULK_TABLE = "company_house_bulk"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    arrow_type: pa.DataType
+    description: str
+    nullable: bool = True
+
+    @property
+    def duckdb_type(self) -> str:
+        return _DUCKDB_TYPES[self.arrow_type]
+
+    @property
+    def bigquery_type(self) -> str:
+        return _BIGQUERY_TYPES[self.arrow_type]
+
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.date32(): "DATE",
+    _TIMESTAMP: "TIMESTAMPTZ",
+}
+_BIGQUERY_TYPES = {
+    pa.string(): "STRING",
+    pa.int32(): "INT64",
+    pa.int64(): "INT64",
+    pa.date32(): "DATE",
+    _TIMESTAMP: "TIMESTAMP",
+}
+
+COMPANY_COLUMNS = [
+    Column("company_name", pa.string(), "Registered company name."),
+    Column("company_number", pa.string(), "Companies House company number, e.g. 01234567 or SC123456."),
+    Column("company_status", pa.string(), "Status in the stream's lower-case form, e.g. active, dissolved."),
+    Column("date_of_creation", pa.date32(), "Incorporation date."),
+    Column("postal_code", pa.string(), "Registered office postcode; NULL when the address is missing."),
+]
+
+STREAM_COLUMNS = [
+    *COMPANY_COLUMNS,
+    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
+    Column("event_type", pa.string(), "changed or deleted."),
+    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position); NULL for flat tutorial records."),
+    Column("resource_kind", pa.string(), "e.g. company-profile."),
+    Column("kafka_partition", pa.int32(), "Kafka partition of the message.", nullable=False),
+    Column("kafka_offset", pa.int64(), "Kafka offset of the message.", nullable=False),
+    Column("kafka_timestamp", _TIMESTAMP, "Kafka message timestamp (UTC)."),
+    Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
+    Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
+    Column("raw_event", pa.string(), "The Kafka message value as received (UTF-8 JSON)."),
+]
+
+REJECT_COLUMNS = [
+    Column("kafka_partition", pa.int32(), "Kafka partition of the message.", nullable=False),
+    Column("kafka_offset", pa.int64(), "Kafka offset of the message.", nullable=False),
+    Column("kafka_timestamp", _TIMESTAMP, "Kafka message timestamp (UTC)."),
+    Column("kafka_key", pa.string(), "Message key, base64 (NULL when the key is null)."),
+    Column("raw_value_base64", pa.string(), "The message value bytes, base64 (NULL for a null value)."),
+    Column("error", pa.string(), "Why the message could not be parsed."),
+    Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
+    Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
+]
+
+BULK_COLUMNS = [
+    *COMPANY_COLUMNS,
+    Column("month_of_creation", pa.date32(), "First day of the incorporation month."),
+]
+
+TABLES: dict[str, list[Column]] = {
+    STREAM_TABLE: STREAM_COLUMNS,
+    REJECTS_TABLE: REJECT_COLUMNS,
+    BULK_TABLE: BULK_COLUMNS,
+}
+
+
+def arrow_schema(columns: list[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in columns])
+
+
+def duckdb_ddl(table: str, columns: list[Column], schema: str | None = None) -> str:
+    name = f"{schema}.{table}" if schema else table
+    body = ",\n  ".join(f"{c.name} {c.duckdb_type}{'' if c.nullable else ' NOT NULL'}" for c in columns)
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"
+
+
+def bigquery_schema(columns: list[Column]) -> list:
+    from google.cloud import bigquery
+
+    return [
+        bigquery.SchemaField(c.name, c.bigquery_type, mode="NULLABLE" if c.nullable else "REQUIRED", description=c.description)
+        for c in columns
+    ]
