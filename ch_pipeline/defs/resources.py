@@ -42,3 +42,35 @@ class KafkaResource(dg.ConfigurableResource):
             sasl_username=env_or_default("KAFKA_SASL_USERNAME", None),
             sasl_password=env_or_default("KAFKA_SASL_PASSWORD", None),
         )
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The warehouse: DuckDB (local default) or BigQuery (production), chosen by ``CH_WAREHOUSE``.
+
+    Sensors run in the long-lived code server and must never open the DuckDB file (one writer
+    process, and a reader blocks writers: DESIGN §11); only asset bodies call ``duckdb_connection``.
+    """
+
+    kind: str = "duckdb"
+    duckdb_path: str = ".ch-data/warehouse.duckdb"
+    gcp_project: Optional[str] = None
+    bigquery_dataset: Optional[str] = None
+    bigquery_location: Optional[str] = None
+    # An offline BigQuery emulator (tests): anonymous credentials against this endpoint.
+    bigquery_api_endpoint: Optional[str] = None
+    gcp_credentials_path: Optional[str] = None
+
+    @classmethod
+    def from_env(cls) -> "WarehouseResource":
+        from ch_pipeline.settings import Settings
+
+        settings = Settings.from_env()
+        return cls(
+            kind=env_or_default("CH_WAREHOUSE", "duckdb"),
+            duckdb_path=env_or_default("CH_DUCKDB_PATH", str(settings.duckdb_path)),
+            gcp_project=env_or_default("GCP_PROJECT", None),
+            bigquery_dataset=env_or_default("BIGQUERY_DATASET", None),
+            bigquery_location=env_or_default("BIGQUERY_LOCATION", None),
+            bigquery_api_endpoint=env_or_default("BIGQUERY_API_ENDPOINT", None),
+            gcp_credentials_path=env_or_default("GOOGLE_APPLICATION_CREDENTIALS", None),
+        )
