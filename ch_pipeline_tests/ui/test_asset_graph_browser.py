@@ -1,0 +1,80 @@
+"""The real Dagster webserver in a real browser (Debian's chromium driven by Playwright).
+
+Opens the asset graph of the project's code location and checks that the whole lineage is on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ch_pipeline.kafka.broker import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ASSETS_ON_GRAPH = ["companies_house_streaming_api", "company_house_topic"]
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="no chromium: `apt-get install -y chromium` (make test does this where it can) to run the browser test",
+)
+
+
+@pytest.fixture(scope="module")
+def dagster_webserver(tmp_path_factory):
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CH_DATA_DIR": str(home / "data")}
+    log = open(home / "dagster-dev.log", "wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (home / "dagster-dev.log").read_text()
+            try:
+                if requests.get(f"{url}/server_info", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("dagster dev did not answer /server_info within 120 s")
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def test_asset_graph_shows_the_whole_lineage(dagster_webserver, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        page.goto(f"{dagster_webserver}/asset-groups", wait_until="networkidle", timeout=60_000)
+        skip = page.get_by_role("button", name="Skip")
+        if skip.count():  # first visit: "Join the Dagster community" dialog over the graph
+            skip.first.click()
+        for asset in ASSETS_ON_GRAPH:
+            page.get_by_text(asset, exact=True).first.wait_for(state="visible", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "asset_graph.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "asset_graph.png").stat().st_size > 10_000
