@@ -1,0 +1,15 @@
+{#- The only places where DuckDB and BigQuery SQL differ (adapter.dispatch picks the adapter's macro). -#}
+
+{#- The earliest instant: where a NULL published_at (bad input) sorts in event order. -#}
+{% macro earliest_timestamp() %}{{ return(adapter.dispatch('earliest_timestamp', 'ch_dbt')()) }}{% endmacro %}
+{% macro default__earliest_timestamp() %}cast('0001-01-01 00:00:00+00' as timestamptz){% endmacro %}
+{% macro bigquery__earliest_timestamp() %}timestamp('0001-01-01 00:00:00+00'){% endmacro %}
+
+{#- First day of the month of a DATE, as a DATE (DuckDB's date_trunc returns a TIMESTAMP). -#}
+{% macro month_start(date_expression) %}{{ return(adapter.dispatch('month_start', 'ch_dbt')(date_expression)) }}{% endmacro %}
+{% macro default__month_start(date_expression) %}cast(date_trunc('month', {{ date_expression }}) as date){% endmacro %}
+{% macro bigquery__month_start(date_expression) %}date_trunc({{ date_expression }}, month){% endmacro %}
+
+{#- The larger of two values, ignoring a NULL one (BigQuery's GREATEST returns NULL if any is NULL,
+    DuckDB's ignores NULLs: coalescing first gives both the same meaning). -#}
+{% macro greatest_non_null(a, b) %}greatest(coalesce({{ a }}, {{ b }}), coalesce({{ b }}, {{ a }})){% endmacro %}
