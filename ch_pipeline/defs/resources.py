@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import dagster as dg
 
 from ch_pipeline.kafka.config import client_config
 from ch_pipeline.settings import DEFAULT_BOOTSTRAP, DEFAULT_TOPIC, env_or_default
+
+if TYPE_CHECKING:
+    import duckdb
+    from google.cloud import bigquery
+
+    from ch_pipeline.warehouse.landing import Warehouse
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -59,6 +68,37 @@ class WarehouseResource(dg.ConfigurableResource):
     # An offline BigQuery emulator (tests): anonymous credentials against this endpoint.
     bigquery_api_endpoint: Optional[str] = None
     gcp_credentials_path: Optional[str] = None
+
+    @contextmanager
+    def duckdb_connection(self) -> Iterator["duckdb.DuckDBPyConnection"]:
+        """A read-write connection to the DuckDB file, closed when the block ends.
+
+        Close promptly: while it is open no other process can write the file (DESIGN §11).
+        """
+        from ch_pipeline.warehouse.duckdb_warehouse import connect
+
+        with connect(Path(self.duckdb_path)) as con:
+            yield con
+
+    def bigquery_client(self) -> "bigquery.Client":
+        """A BigQuery client for ``gcp_project``; anonymous against ``bigquery_api_endpoint`` (an emulator)."""
+        from ch_pipeline.warehouse.bigquery_warehouse import make_client
+
+        return make_client(self.gcp_project, self.bigquery_location, self.bigquery_api_endpoint, self.gcp_credentials_path)
+
+    def warehouse(self) -> "Warehouse":
+        """The configured warehouse implementation (``kind``: duckdb or bigquery)."""
+        if self.kind == "duckdb":
+            from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+            return DuckDBWarehouse(Path(self.duckdb_path))
+        if self.kind == "bigquery":
+            from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
+
+            if not (self.gcp_project and self.bigquery_dataset):
+                raise ValueError("CH_WAREHOUSE=bigquery needs GCP_PROJECT and BIGQUERY_DATASET: set both")
+            return BigQueryWarehouse(self.bigquery_client(), self.gcp_project, self.bigquery_dataset, self.bigquery_location)
+        raise ValueError(f"CH_WAREHOUSE must be 'duckdb' or 'bigquery', got {self.kind!r}")
 
     @classmethod
     def from_env(cls) -> "WarehouseResource":

@@ -1,0 +1,95 @@
+"""Read exactly a stream partition's offset ranges from Kafka.
+
+No consumer group and no committed offsets: the ranges themselves are the position (``assign``
+with explicit offsets), so re-reading a partition returns the same messages for as long as Kafka
+retains them, and a failed run loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from ch_pipeline.kafka.offsets import OffsetRange
+
+
+class RangeNotAvailable(RuntimeError):
+    """Some offsets of the range are not (or no longer) in Kafka."""
+
+
+def read_ranges(
+    config: Mapping[str, str],
+    topic: str,
+    ranges: Sequence[OffsetRange],
+    timeout: float = 60.0,
+    chunk: int = 10_000,
+) -> Iterator[list[Message]]:
+    """Yield the messages of ``ranges`` in chunks; each offset at most once, none outside the ranges.
+
+    A range is complete when a message at or past its last offset arrives, or the end of the
+    partition lies past it (offsets taken by transaction markers or compaction never arrive).
+    """
+    consumer = Consumer(
+        {
+            **config,
+            "group.id": "ch-pipeline-range-reader",  # required by the client; never joined or committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            # Never jump elsewhere: an offset out of range is an error, not a silent reset.
+            "auto.offset.reset": "error",
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        by_partition = {r.partition: r for r in ranges}
+        _check_retained(consumer, topic, ranges, timeout)
+        consumer.assign([TopicPartition(topic, r.partition, r.first) for r in ranges])
+        pending = set(by_partition)
+        deadline = time.monotonic() + timeout
+        while pending:
+            batch = consumer.consume(num_messages=chunk, timeout=0.5)
+            messages: list[Message] = []
+            for message in batch:
+                error = message.error()
+                partition = message.partition()
+                wanted = by_partition[partition]
+                if error is None:
+                    offset = message.offset()
+                    if partition in pending and offset <= wanted.last:
+                        messages.append(message)
+                    if offset >= wanted.last:
+                        pending.discard(partition)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if message.offset() > wanted.last:
+                        pending.discard(partition)
+                    elif partition in pending:
+                        raise RangeNotAvailable(
+                            f"{topic} partition {partition} ends at offset {message.offset()}, "
+                            f"before the end of range {wanted}: was the topic recreated?"
+                        )
+                else:
+                    raise KafkaException(error)
+            if messages:
+                yield messages
+            if batch:
+                deadline = time.monotonic() + timeout  # progress: restart the stall timer
+            elif time.monotonic() > deadline:
+                raise RangeNotAvailable(f"no data from {topic} partitions {sorted(pending)} for {timeout}s: is Kafka up?")
+            done = set(by_partition) - pending
+            if done and pending:
+                consumer.pause([TopicPartition(topic, p) for p in done])  # stop fetching past a finished range
+    finally:
+        consumer.close()
+
+
+def _check_retained(consumer: Consumer, topic: str, ranges: Sequence[OffsetRange], timeout: float) -> None:
+    """Fail clearly if retention already deleted part of a range (re-materializing an old partition)."""
+    for r in ranges:
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, r.partition), timeout=timeout)
+        if low > r.first:
+            raise RangeNotAvailable(
+                f"{topic} partition {r.partition} now starts at offset {low}: offsets {r.first}-{min(low, r.last + 1) - 1} "
+                f"of {r} were deleted by retention, so this stream partition can no longer be re-materialized"
+            )
