@@ -27,7 +27,14 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ; } || \
 	  echo "note: chromium is not installed and could not be installed; the browser test will be skipped"
 
-test: $(STAMP) browser
+# The offline BigQuery emulator (crucible-emulator) pins its own duckdb/sqlglot, so it gets its own
+# virtualenv; without PyPI its tests are skipped with the reason (ch_pipeline_tests/bigquery_emulator.py).
+BQ_STAMP := .venv-bq/.installed
+$(BQ_STAMP): $(STAMP) ch_pipeline_tests/bigquery_emulator.py
+	@$(BIN)/python -m ch_pipeline_tests.bigquery_emulator && touch $@ || \
+	  echo "note: .venv-bq could not be created; the BigQuery emulator tests will be skipped"
+
+test: $(STAMP) browser $(BQ_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
