@@ -97,6 +97,10 @@ class TopicMissing(LookupError):
     """The topic does not exist on the cluster."""
 
 
+class KafkaUnavailable(ConnectionError):
+    """The cluster did not answer (down, unreachable, or refusing our credentials)."""
+
+
 def topic_partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     """The topic's partition ids now (partitions added later show up on the next call)."""
     metadata = consumer.list_topics(topic, timeout=timeout)
@@ -119,10 +123,15 @@ def probe_offsets(
     end-of-partition event, whose offset is the true end on both. On Kafka that reads at most one
     message per partition; on the local broker at most the last record batch. Never the backlog.
     """
+    errors: list[KafkaError] = []
     consumer = Consumer(
         {
             **config,
             "group.id": "ch-pipeline-offset-probe",  # required by the client; never joined or committed
+            # A broker that is down must not flood the log every tick: errors are collected and
+            # reported once, in the exception (the sensor's skip reason).
+            "error_cb": errors.append,
+            "log_level": 2,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 10,
@@ -133,7 +142,11 @@ def probe_offsets(
         }
     )
     try:
-        partitions = topic_partitions(consumer, topic, timeout)
+        try:
+            partitions = topic_partitions(consumer, topic, timeout)
+        except KafkaException as exc:
+            cause = errors[-1].str() if errors else str(exc)
+            raise KafkaUnavailable(f"Kafka at {config.get('bootstrap.servers')} did not answer: {cause}") from exc
         lows: dict[int, int] = {}
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []

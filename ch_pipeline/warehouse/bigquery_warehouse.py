@@ -1,10 +1,12 @@
-"""The BigQuery warehouse (production): CSV load jobs into staging tables, then one transaction.
+"""The BigQuery warehouse (production): CSV load jobs into staging tables, then one MERGE per table.
 
-Why CSV and not Parquet or streaming inserts: the offline emulator used to verify this path
-supports CSV load jobs only (issue 8), and a load job is free and atomic per table in production.
-The replace is a single multi-statement query (``BEGIN TRANSACTION; DELETE; INSERT ...; COMMIT``):
-BigQuery rolls the transaction back automatically when any statement fails
-(https://cloud.google.com/bigquery/docs/transactions), so a failed landing leaves no partial rows.
+Why CSV: the offline emulator that verifies this path loads CSV only (no Parquet, no streaming
+inserts; deploy/bigquery-emulator.md), and a load job is free and atomic in production.
+Why MERGE and not ``BEGIN TRANSACTION; DELETE; INSERT; COMMIT``: the emulator has no DELETE and no
+transactions, while ``MERGE ... ON FALSE WHEN NOT MATCHED BY SOURCE AND <offsets> THEN DELETE
+WHEN NOT MATCHED THEN INSERT`` replaces the batch's offsets in one DML statement, which BigQuery
+applies atomically. Each table is replaced atomically; rejects are merged before stream rows,
+and a failure between the two is repaired by the run's retry (both merges are idempotent).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from ch_pipeline.warehouse.schema import (
     STREAM_COLUMNS,
     STREAM_TABLE,
     Column,
+    bigquery_ddl,
     bigquery_schema,
 )
 
 # Deletes by Kafka coordinates touch few blocks when the table is clustered on them.
 CLUSTERING_FIELDS = ["kafka_partition", "kafka_offset"]
-_LANDED_TABLES = ((STREAM_TABLE, STREAM_COLUMNS), (REJECTS_TABLE, REJECT_COLUMNS))
+# Rejects first: once a partition's stream rows are visible, its rejects are too.
+_LANDED_TABLES = ((REJECTS_TABLE, REJECT_COLUMNS), (STREAM_TABLE, STREAM_COLUMNS))
 
 
 def make_client(project: str | None, location: str | None, api_endpoint: str | None, credentials_path: str | None):
@@ -60,40 +64,65 @@ def staging_table_name(table: str, stream_partition: str) -> str:
     return f"{table}__landing_{hashlib.sha256(stream_partition.encode()).hexdigest()[:16]}"
 
 
-def load_job_config(columns: list[Column]):
+def load_job_config(columns: list[Column], quoted_newlines: bool = False):
     from google.cloud import bigquery
 
-    return bigquery.LoadJobConfig(
+    config = bigquery.LoadJobConfig(
         source_format=bigquery.SourceFormat.CSV,
-        schema=bigquery_schema(columns),
+        schema=bigquery_schema(columns, all_nullable=True),
         skip_leading_rows=1,
-        allow_quoted_newlines=True,  # raw events may hold line breaks inside quoted fields
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+    )
+    if quoted_newlines:
+        # Set only when needed: it makes BigQuery read the file serially, and the emulator refuses it.
+        config.allow_quoted_newlines = True
+    return config
+
+
+def has_line_breaks(table: pa.Table) -> bool:
+    """Whether some text value holds a line break (a name with an escaped ``\\n`` in its JSON)."""
+    return any(
+        pc.any(pc.match_substring_regex(column, "[\r\n]")).as_py() or False
+        for column in table.columns
+        if pa.types.is_string(column.type)
     )
 
 
 def to_csv(table: pa.Table) -> bytes:
-    """CSV that BigQuery loads back to the same values: timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff+00:00``."""
+    """CSV that BigQuery loads back to the same values.
+
+    Timestamps are written unquoted as UTC ``YYYY-MM-DD HH:MM:SS.ffffff`` without an offset
+    (Arrow's rendering of a zone-less timestamp): BigQuery reads that as UTC, and it is the only
+    spelling with a fraction that the emulator accepts (it refuses quoted timestamps too).
+    """
     for index, field in enumerate(table.schema):
-        if pa.types.is_timestamp(field.type):
-            text = pc.strftime(table.column(index), format="%Y-%m-%d %H:%M:%S+00:00", locale="C")
-            table = table.set_column(index, pa.field(field.name, pa.string()), text)
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            utc = pc.cast(table.column(index), pa.timestamp(field.type.unit))  # values are UTC already
+            table = table.set_column(index, pa.field(field.name, utc.type), utc)
     sink = io.BytesIO()
     pa_csv.write_csv(table, sink)
     return sink.getvalue()
 
 
+def replace_statement(dataset: str, table: str, staging: str, columns: list[Column], ranges: Sequence[OffsetRange]) -> str:
+    """One MERGE that deletes the target's rows at ``ranges`` and inserts the staging rows: atomic."""
+    names = ", ".join(c.name for c in columns)
+    values = ", ".join(f"source.{c.name}" for c in columns)
+    return (
+        f"MERGE `{dataset}.{table}` AS target\n"
+        f"USING `{dataset}.{staging}` AS source\n"
+        "ON FALSE\n"
+        f"WHEN NOT MATCHED BY SOURCE AND {offsets_predicate(ranges, 'target')} THEN DELETE\n"
+        f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+    )
+
+
 def landing_script(dataset: str, staging: dict[str, str], ranges: Sequence[OffsetRange]) -> str:
-    """The one query that replaces the batch's offsets in both tables, atomically."""
-    predicate = offsets_predicate(ranges)
-    statements = ["BEGIN TRANSACTION;"]
-    for table, columns in _LANDED_TABLES:
-        names = ", ".join(c.name for c in columns)
-        statements.append(f"DELETE FROM `{dataset}.{table}` WHERE {predicate};")
-        statements.append(f"INSERT INTO `{dataset}.{table}` ({names}) SELECT {names} FROM `{dataset}.{staging[table]}`;")
-    statements.append("COMMIT TRANSACTION;")
-    return "\n".join(statements)
+    """The query that replaces the batch's offsets: one MERGE per table, rejects first."""
+    return ";\n".join(
+        replace_statement(dataset, table, staging[table], columns, ranges) for table, columns in _LANDED_TABLES
+    ) + ";"
 
 
 class BigQueryWarehouse:
@@ -107,20 +136,22 @@ class BigQueryWarehouse:
         return f"{self.project}.{self.dataset}.{table}"
 
     def create_stream_tables(self) -> None:
-        from google.cloud import bigquery
-
-        for table, columns in _LANDED_TABLES:
-            definition = bigquery.Table(self._ref(table), schema=bigquery_schema(columns))
-            definition.clustering_fields = CLUSTERING_FIELDS
-            self.client.create_table(definition, exists_ok=True)
+        # DDL, not the REST schema: it keeps NOT NULL (REQUIRED), which the emulator refuses over REST.
+        dataset = f"{self.project}.{self.dataset}"
+        script = ";\n".join(bigquery_ddl(table, columns, dataset, CLUSTERING_FIELDS) for table, columns in _LANDED_TABLES)
+        self.client.query(script + ";", location=self.location).result()
 
     def land(self, batch: LandingBatch) -> None:
         self.create_stream_tables()
         staging = {table: staging_table_name(table, batch.stream_partition) for table, _ in _LANDED_TABLES}
         try:
-            for (table, columns), rows in zip(_LANDED_TABLES, (batch.rows, batch.rejects)):
+            rows_of = {STREAM_TABLE: batch.rows, REJECTS_TABLE: batch.rejects}
+            for table, columns in _LANDED_TABLES:
+                rows = rows_of[table]
                 job = self.client.load_table_from_file(
-                    io.BytesIO(to_csv(rows)), self._ref(staging[table]), job_config=load_job_config(columns)
+                    io.BytesIO(to_csv(rows)),
+                    self._ref(staging[table]),
+                    job_config=load_job_config(columns, quoted_newlines=has_line_breaks(rows)),
                 )
                 job.result()
             self.client.query(

@@ -28,7 +28,7 @@ class Warehouse(Protocol):
         failure leaves the previous state untouched."""
 
 
-def offsets_predicate(ranges: Sequence[OffsetRange]) -> str:
+def offsets_predicate(ranges: Sequence[OffsetRange], qualifier: str | None = None) -> str:
     """SQL (DuckDB and BigQuery alike) matching rows whose Kafka coordinates lie in ``ranges``.
 
     Rows are replaced by coordinates rather than by partition key: whichever partition key
@@ -36,6 +36,8 @@ def offsets_predicate(ranges: Sequence[OffsetRange]) -> str:
     """
     if not ranges:
         raise ValueError("a landing needs at least one offset range")
-    return " OR ".join(
-        f"(kafka_partition = {int(r.partition)} AND kafka_offset BETWEEN {int(r.first)} AND {int(r.last)})" for r in ranges
-    )
+    prefix = f"{qualifier}." if qualifier else ""
+    return "(" + " OR ".join(
+        f"({prefix}kafka_partition = {int(r.partition)} AND {prefix}kafka_offset BETWEEN {int(r.first)} AND {int(r.last)})"
+        for r in ranges
+    ) + ")"

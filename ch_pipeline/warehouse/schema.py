@@ -103,10 +103,20 @@ def duckdb_ddl(table: str, columns: list[Column], schema: str | None = None) -> 
     return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"
 
 
-def bigquery_schema(columns: list[Column]) -> list:
+def bigquery_schema(columns: list[Column], all_nullable: bool = False) -> list:
+    """BigQuery ``SchemaField``s; ``all_nullable`` for staging tables of load jobs (the offline
+    emulator refuses REQUIRED in REST schemas; the target table's DDL keeps NOT NULL)."""
     from google.cloud import bigquery
 
     return [
-        bigquery.SchemaField(c.name, c.bigquery_type, mode="NULLABLE" if c.nullable else "REQUIRED", description=c.description)
+        bigquery.SchemaField(
+            c.name, c.bigquery_type, mode="NULLABLE" if c.nullable or all_nullable else "REQUIRED", description=c.description
+        )
         for c in columns
     ]
+
+
+def bigquery_ddl(table: str, columns: list[Column], dataset: str, cluster_by: list[str] | None = None) -> str:
+    body = ",\n  ".join(f"{c.name} {c.bigquery_type}{'' if c.nullable else ' NOT NULL'}" for c in columns)
+    clustering = f"\nCLUSTER BY {', '.join(cluster_by)}" if cluster_by else ""
+    return f"CREATE TABLE IF NOT EXISTS `{dataset}.{table}` (\n  {body}\n){clustering}"

@@ -1,0 +1,145 @@
+"""The Kafka sensor and the partitioned ``company_house_stream`` asset (DESIGN §5).
+
+Exactly once, end to end: a stream partition is an immutable set of Kafka offset ranges named by
+its key. The sensor cuts new ranges, registers them as dynamic partitions and requests one run
+each, and only in the same ``SensorResult`` advances its cursor: a tick that dies before the
+cursor is saved cuts the same keys again next time (same ``run_key``, so Dagster skips runs it
+already launched, and landing is idempotent anyway). Nothing is ever committed to Kafka: a run
+reads its ranges by explicit offsets and replaces exactly those offsets in the warehouse.
+"""
+
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
+from ch_pipeline.defs.sources import company_house_topic
+from ch_pipeline.kafka.offsets import (
+    KafkaUnavailable,
+    TopicMissing,
+    cut_batches,
+    format_partition_key,
+    next_offsets,
+    parse_partition_key,
+    probe_offsets,
+)
+from ch_pipeline.kafka.reader import read_ranges
+from ch_pipeline.warehouse.landing import LandingBatch
+from ch_pipeline.warehouse.schema import STREAM_COLUMNS
+from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
+
+DEFAULT_MAX_BATCH_MESSAGES = 100_000
+# A run costs ~5 s and 2-3 CPU-seconds here (DESIGN §11): poll every 30 s and batch per tick.
+DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
+PROBE_TIMEOUT_SECONDS = 5.0
+
+stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ranges")
+
+
+@dg.asset(
+    name="company_house_stream",
+    partitions_def=stream_partitions,
+    deps=[company_house_topic],
+    pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
+    group_name="stream",
+    kinds={"kafka", "python"},
+    description="Every Kafka message of the topic as a typed row, landed exactly once per offset. "
+    "A partition is the offset range its key names (p0:1200-1349,p1:800-899); re-materializing it "
+    "replaces its rows. Unparseable messages go to company_house_stream_rejects.",
+    metadata={
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in STREAM_COLUMNS]
+        ),
+    },
+)
+def company_house_stream(
+    context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    key = context.partition_key
+    ranges = parse_partition_key(key)
+    builder = StreamBatchBuilder(key, ingested_at=datetime.now(timezone.utc))
+    # Read and parse everything before touching the warehouse, so the DuckDB file is held only
+    # for the landing transaction itself.
+    for messages in read_ranges(kafka.client_config(), kafka.topic, ranges):
+        builder.add(messages)
+    batch = LandingBatch(key, ranges, builder.stream_table(), builder.rejects_table())
+    warehouse.warehouse().land(batch)
+    if batch.rejects.num_rows:
+        context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in company_house_stream_rejects")
+    return dg.MaterializeResult(metadata=landing_metadata(batch, builder.bytes))
+
+
+def landing_metadata(batch: LandingBatch, message_bytes: int) -> dict[str, dg.MetadataValue]:
+    published = batch.rows.column("published_at")
+    metadata: dict[str, dg.MetadataValue] = {
+        "dagster/row_count": dg.MetadataValue.int(batch.rows.num_rows),
+        "rows": dg.MetadataValue.int(batch.rows.num_rows),
+        "rejects": dg.MetadataValue.int(batch.rejects.num_rows),
+        "offsets": dg.MetadataValue.json({f"p{r.partition}": [r.first, r.last] for r in batch.ranges}),
+        "bytes": dg.MetadataValue.int(message_bytes),
+    }
+    if batch.rows.num_rows:
+        metadata["min_published_at"] = dg.MetadataValue.timestamp(pc.min(published).as_py())
+        metadata["max_published_at"] = dg.MetadataValue.timestamp(pc.max(published).as_py())
+    return metadata
+
+
+def read_cursor(cursor: str | None) -> dict[int, int]:
+    """The sensor cursor: next offset to cut per Kafka partition, JSON ``{"0": 1350, "1": 900}``."""
+    return {int(partition): int(offset) for partition, offset in json.loads(cursor).items()} if cursor else {}
+
+
+def write_cursor(offsets: dict[int, int]) -> str:
+    return json.dumps({str(partition): offset for partition, offset in sorted(offsets.items())})
+
+
+def build_kafka_sensor(
+    max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+    minimum_interval_seconds: int = DEFAULT_MINIMUM_INTERVAL_SECONDS,
+    name: str = "company_house_kafka_sensor",
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """The sensor that turns new Kafka offsets into stream partitions and runs."""
+
+    @dg.sensor(
+        name=name,
+        target=company_house_stream,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=f"Polls the Kafka topic; cuts new offsets into partitions of at most {max_batch_messages} messages.",
+    )
+    def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
+        cursor = read_cursor(context.cursor)
+        try:
+            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, cursor, timeout=PROBE_TIMEOUT_SECONDS)
+        except (KafkaUnavailable, TopicMissing) as exc:
+            return dg.SkipReason(str(exc))
+        starts = {}
+        for partition, low in lows.items():
+            # A new Kafka partition (or a first tick) starts at its first retained offset.
+            starts[partition] = max(cursor.get(partition, low), low)
+            if cursor.get(partition, low) < low:
+                context.log.warning(
+                    f"Kafka partition {partition}: offsets {cursor[partition]}-{low - 1} were deleted by retention "
+                    "before they were landed; continuing from the first retained offset"
+                )
+        batches = cut_batches(starts, ends, max_batch_messages)
+        if not batches:
+            return dg.SensorResult(
+                skip_reason=f"no new messages in {kafka.topic} (next offsets {write_cursor(starts)})",
+                cursor=write_cursor({**cursor, **starts}),
+            )
+        keys = [format_partition_key(batch) for batch in batches]
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in keys],
+            dynamic_partitions_requests=[stream_partitions.build_add_request(keys)],
+            cursor=write_cursor({**cursor, **starts, **next_offsets(batches)}),
+        )
+
+    return kafka_sensor
+
+
+company_house_kafka_sensor = build_kafka_sensor()
