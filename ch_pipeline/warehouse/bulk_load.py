@@ -65,8 +65,8 @@ def _postcode_sql(value: str, dialect: Dialect) -> str:
     return f"nullif({dialect.regexp_replace_all(f'upper(trim({value}))', '[[:space:]]+', ' ')}, '')"
 
 
-def cleaning_select(source: str, dialect: Dialect) -> str:
-    """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `source`.
+def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
+    """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `raw_relation`.
 
     One row per company: the published file has none twice, but a repeat must not break the
     core's unique key, so the first occurrence wins.
@@ -84,7 +84,7 @@ def cleaning_select(source: str, dialect: Dialect) -> str:
     assert list(expressions) == [c.name for c in BULK_COLUMNS], "cleaning must produce BULK_COLUMNS in order"
     select_list = ",\n  ".join(f"{sql} as {name}" for name, sql in expressions.items())
     return (
-        f"select\n  {select_list}\nfrom {source}\n"
+        f"select\n  {select_list}\nfrom {raw_relation}\n"
         f"where nullif(trim({col['company_number']}), '') is not null\n"
         f"qualify row_number() over (partition by upper(trim({col['company_number']}))) = 1"
     )
@@ -94,14 +94,14 @@ def cleaning_select(source: str, dialect: Dialect) -> str:
 
 
 @contextmanager
-def local_csv(location: str, progress: Progress = print) -> Iterator[Path]:
-    """A local path to the CSV named by a path or URL, .csv or .zip; temporary files are removed after."""
+def local_csv(source: str, progress: Progress = print) -> Iterator[Path]:
+    """A local path to the CSV that `source` (a path or URL) names, .csv or .zip; temporary files are removed after."""
     with tempfile.TemporaryDirectory(prefix="ch-bulk-") as scratch:
-        path = Path(location)
-        if location.startswith(("http://", "https://")):
-            path = _download(location, Path(scratch), progress)
+        path = Path(source)
+        if source.startswith(("http://", "https://")):
+            path = _download(source, Path(scratch), progress)
         if not path.exists():
-            raise FileNotFoundError(f"bulk CSV not found: {location} (set CH_BULK_CSV to a path or URL)")
+            raise FileNotFoundError(f"bulk CSV not found: {source} (set CH_BULK_CSV to a path or URL)")
         if path.suffix.lower() == ".zip":
             path = _unzip(path, Path(scratch), progress)
         with path.open(encoding="utf-8-sig") as stream:
@@ -148,9 +148,9 @@ def duckdb_read_csv(path: Path) -> str:
     )
 
 
-def load_duckdb(connection, location: str, table: str = BULK_TABLE, progress: Progress = print) -> int:
+def load_duckdb(connection, source: str, table: str = BULK_TABLE, progress: Progress = print) -> int:
     """Replace `table` with the cleaned bulk snapshot in one statement; returns its row count."""
-    with local_csv(location, progress) as path:
+    with local_csv(source, progress) as path:
         progress(f"loading {path.name} into DuckDB table {table}")
         connection.execute(f"create or replace table {table} as\n{cleaning_select(duckdb_read_csv(path), DUCKDB)}")
     [(rows,)] = connection.execute(f"select count(*) from {table}").fetchall()
@@ -161,7 +161,7 @@ def load_duckdb(connection, location: str, table: str = BULK_TABLE, progress: Pr
 # --- BigQuery ------------------------------------------------------------------------------------
 
 
-def load_bigquery(client, dataset: str, location: str, table: str = BULK_TABLE, progress: Progress = print) -> int:
+def load_bigquery(client, dataset: str, source: str, table: str = BULK_TABLE, progress: Progress = print) -> int:
     """Load job into a staging table (all STRING, by position), then one cleaning query replaces `table`."""
     from google.cloud import bigquery
 
@@ -174,7 +174,7 @@ def load_bigquery(client, dataset: str, location: str, table: str = BULK_TABLE, 
         allow_quoted_newlines=True,
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
     )
-    with local_csv(location, progress) as path, path.open("rb") as stream:
+    with local_csv(source, progress) as path, path.open("rb") as stream:
         progress(f"BigQuery load job: {path.name} -> {staging}")
         client.load_table_from_file(stream, staging, job_config=job_config).result()
     progress(f"cleaning {staging} -> {target}")

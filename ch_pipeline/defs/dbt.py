@@ -1,0 +1,106 @@
+"""The dbt models as Dagster assets, with their freshness promise and the automation that keeps it.
+
+The tutorial ran three dbt Cloud jobs on cron offsets (snapshot at :00/:20/:40, core + watermark at
+:10/:30/:50) so one finished before the next began. Here the lineage orders them instead: after new
+stream partitions land, the automation sensor requests snapshot -> tombstones -> core -> watermark
+in the same tick, so they run as one ``dbt build`` (the order inside it comes from the dbt DAG).
+The old crons survive only as the deadlines of the freshness policies.
+"""
+
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from ch_pipeline.settings import env_or_default
+from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
+ch_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+DBT_GROUP = "dbt"
+SNAPSHOT_MODEL = "snapshot_streamed_data"
+
+
+def prepare_manifest(project: DbtProject = ch_dbt_project) -> Path:
+    """The manifest ``@dbt_assets`` is built from: re-parsed under ``dagster dev``, parsed once on a
+    fresh clone (``ch_dbt/target`` is not committed; ``make setup`` also parses)."""
+    project.prepare_if_dev()
+    if not project.manifest_path.exists():
+        DbtCliResource(project_dir=project).cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    return project.manifest_path
+
+
+# Declarative automation (DESIGN §7, §11). `eager()` alone never fires below a growing dynamic
+# partition set: the newest stream partition exists (so counts as missing) before its run ends, and
+# then it is in progress. Without those two guards the models run once per batch of new partitions;
+# `since_last_handled` keeps it to one request per update. The bulk table must exist first: the
+# core's first build is the bulk baseline.
+after_new_stream_data = (
+    dg.AutomationCondition.eager()
+    .without(~dg.AutomationCondition.any_deps_missing())
+    .without(~dg.AutomationCondition.any_deps_in_progress())
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(dg.AssetSelection.assets(BULK_TABLE))
+).with_label("after new stream data")
+
+# The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
+# the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20
+# minutes (i.e. no more than 20 minutes after the snapshot).
+SNAPSHOT_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0,20,40 * * * *", lower_bound_delta=timedelta(minutes=20))
+CORE_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="10,30,50 * * * *", lower_bound_delta=timedelta(minutes=20))
+
+
+class ChDbtTranslator(DagsterDbtTranslator):
+    """dbt sources -> the assets that land them; models -> one asset each, named like the model."""
+
+    SOURCE_ASSETS = {STREAM_TABLE: dg.AssetKey(STREAM_TABLE), BULK_TABLE: dg.AssetKey(BULK_TABLE)}
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] == "source":
+            return self.SOURCE_ASSETS.get(dbt_resource_props["name"]) or super().get_asset_key(dbt_resource_props)
+        return dg.AssetKey(dbt_resource_props["name"])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return DBT_GROUP
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        return after_new_stream_data
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if not unique_id.startswith("model."):
+            return spec
+        freshness = SNAPSHOT_FRESHNESS if spec.key == dg.AssetKey(SNAPSHOT_MODEL) else CORE_FRESHNESS
+        return spec.replace_attributes(freshness_policy=freshness)
+
+
+@dbt_assets(
+    manifest=prepare_manifest(),
+    project=ch_dbt_project,
+    dagster_dbt_translator=ChDbtTranslator(),
+    pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
+    name="ch_dbt_models",
+)
+def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
+
+    A failed model or a failed error-severity test skips everything downstream, so the watermark
+    never advances past a batch the core did not take.
+    """
+    yield from dbt.cli(["build"], context=context).stream()
+
+
+def dbt_resource() -> DbtCliResource:
+    """The dbt CLI; the target comes from DBT_TARGET (default: CH_WAREHOUSE, see ch_dbt/profiles.yml)."""
+    return DbtCliResource(project_dir=ch_dbt_project, target=env_or_default("DBT_TARGET", None))
+
+
+dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "ch_dbt_automation",
+    target=dg.AssetSelection.assets(ch_dbt_models) | dg.AssetSelection.assets(BULK_TABLE),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Runs the dbt models after new stream partitions land (and loads the bulk snapshot when missing).",
+)
