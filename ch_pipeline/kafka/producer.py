@@ -1,0 +1,219 @@
+"""``ch-pipeline produce``: Companies House stream -> Kafka, resumable and exact (DESIGN §4).
+
+Each event line goes to the topic unmodified (value), keyed by company number, with a
+``timepoint`` header. The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's
+own retries, per-partition order kept). The checkpoint holds the last timepoint up to which every
+event has a successful delivery report; a restart resumes there, so a crash re-sends at most the
+events after the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from confluent_kafka import KafkaException, Producer
+
+from ch_pipeline.companies_house.stream_client import CompaniesHouseStream, StreamError, StreamEvent
+from ch_pipeline.kafka.checkpoint import CheckpointError, DeliveryTracker, read_checkpoint, write_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Guarantees, not tuning: never duplicated by retries, written to all in-sync replicas.
+PRODUCER_GUARANTEES = {"enable.idempotence": True, "acks": "all"}
+TIMEPOINT_HEADER = "timepoint"
+_QUEUE_SIZE = 10_000
+_FLUSH_TIMEOUT = 60.0
+
+
+class ProducerError(RuntimeError):
+    """The producer cannot run or lost deliveries; the message says what to do."""
+
+
+@dataclass
+class ProduceResult:
+    produced: int
+    delivered: int
+    delivery_errors: int
+    checkpoint: int | None
+
+
+@dataclass
+class StreamProducer:
+    """Moves events from ``stream`` to ``topic`` until ``stop`` is set, ``max_events`` are delivered,
+    or the stream fails; then flushes and writes the final checkpoint."""
+
+    stream: CompaniesHouseStream
+    kafka_config: Mapping[str, str]
+    topic: str
+    checkpoint_path: Path
+    max_events: int | None = None
+    log_interval: float = 10.0
+    checkpoint_interval: float = 1.0
+    _last_checkpoint_at: float = field(default=0.0, init=False)
+
+    def run(self, stop: threading.Event) -> ProduceResult:
+        producer = Producer({**self.kafka_config, **PRODUCER_GUARANTEES})
+        require_topic(producer, self.topic)
+        tracker = DeliveryTracker(self.stream.timepoint)
+        events: queue.Queue = queue.Queue(maxsize=_QUEUE_SIZE)
+        reader = threading.Thread(target=_read_stream, args=(self.stream, events), name="stream-reader", daemon=True)
+        reader.start()
+        progress = _Progress(self.log_interval)
+        checkpointed = tracker.safe_timepoint
+        stream_error: BaseException | None = None
+        produced = 0
+        try:
+            while not stop.is_set() and (self.max_events is None or produced < self.max_events) and not tracker.failed:
+                try:
+                    item = events.get(timeout=0.2)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, BaseException):
+                    stream_error = item
+                    break
+                if item is not None:
+                    self._produce(producer, item, tracker)
+                    produced += 1
+                producer.poll(0)
+                checkpointed = self._checkpoint_if_due(tracker, checkpointed)
+                progress.maybe_log(produced, tracker)
+        finally:
+            self.stream.stop()
+            remaining = producer.flush(_FLUSH_TIMEOUT)
+            if tracker.safe_timepoint is not None and tracker.safe_timepoint != checkpointed:
+                write_checkpoint(self.checkpoint_path, tracker.safe_timepoint, self.stream.url)
+            progress.log(produced, tracker)
+        if stream_error is not None:
+            raise stream_error
+        if tracker.failed or remaining:
+            raise ProducerError(
+                f"{tracker.failed} deliveries failed and {remaining} were unconfirmed after {_FLUSH_TIMEOUT:.0f}s "
+                f"(see the errors above): the checkpoint stays at timepoint {tracker.safe_timepoint}, and a restart "
+                "re-sends everything after it. Check that Kafka is reachable and the credentials are valid."
+            )
+        return ProduceResult(produced, tracker.delivered, tracker.failed, tracker.safe_timepoint)
+
+    def _produce(self, producer: Producer, event: StreamEvent, tracker: DeliveryTracker) -> None:
+        entry = tracker.sent(event.timepoint)
+        headers = [(TIMEPOINT_HEADER, str(event.timepoint).encode())] if event.timepoint is not None else None
+        while True:
+            try:
+                producer.produce(
+                    self.topic,
+                    key=event.company_number.encode() if event.company_number else None,
+                    value=event.raw,
+                    headers=headers,
+                    on_delivery=functools.partial(_on_delivery, tracker, entry),
+                )
+                return
+            except BufferError:
+                producer.poll(0.5)  # librdkafka's local queue is full: wait for deliveries to drain it
+
+    def _checkpoint_if_due(self, tracker: DeliveryTracker, checkpointed: int | None) -> int | None:
+        # At most once per interval: an fsync per event would cap throughput; a crash re-sends
+        # at most one interval of events.
+        now = time.monotonic()
+        if tracker.safe_timepoint == checkpointed or now - self._last_checkpoint_at < self.checkpoint_interval:
+            return checkpointed
+        write_checkpoint(self.checkpoint_path, tracker.safe_timepoint, self.stream.url)
+        self._last_checkpoint_at = now
+        return tracker.safe_timepoint
+
+
+def _on_delivery(tracker: DeliveryTracker, entry, err, msg) -> None:
+    if err is None:
+        tracker.on_delivered(entry)
+    else:
+        log.error("delivery failed for timepoint %s: %s", entry.timepoint, err)
+        tracker.on_failed(entry)
+
+
+def _read_stream(stream: CompaniesHouseStream, events: queue.Queue) -> None:
+    """Reader thread: stream events into the bounded queue (back-pressure when Kafka is slow)."""
+    try:
+        for event in stream.events():
+            while not stream.stopped:
+                try:
+                    events.put(event, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+    except BaseException as exc:  # handed to the main thread, which flushes, checkpoints and re-raises
+        events.put(exc)
+
+
+def require_topic(producer: Producer, topic: str) -> None:
+    """Fail early and clearly when the topic is missing: we never rely on auto-creation."""
+    try:
+        metadata = producer.list_topics(timeout=15)
+    except KafkaException as exc:
+        raise ProducerError(f"cannot reach Kafka to check topic {topic!r}: {exc}; check KAFKA_BOOTSTRAP_SERVERS / KAFKA_CONFIG_FILE") from exc
+    if topic not in metadata.topics:
+        raise ProducerError(
+            f"Kafka topic {topic!r} does not exist: create it first (locally `ch-pipeline broker --topic {topic}`, "
+            "on Confluent Cloud in the console or with `confluent kafka topic create`), or set KAFKA_TOPIC"
+        )
+
+
+class _Progress:
+    """A log line every ``interval`` seconds: rate, totals, last timepoint, delivery errors."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.started = self.last_time = time.monotonic()
+        self.last_count = 0
+
+    def maybe_log(self, produced: int, tracker: DeliveryTracker) -> None:
+        if time.monotonic() - self.last_time >= self.interval:
+            self.log(produced, tracker)
+
+    def log(self, produced: int, tracker: DeliveryTracker) -> None:
+        now = time.monotonic()
+        rate = (tracker.delivered - self.last_count) / max(now - self.last_time, 1e-9)
+        log.info(
+            "%.1f events/s, %d delivered (%d produced, %d in flight), last delivered timepoint %s, %d delivery errors",
+            rate, tracker.delivered, produced, tracker.in_flight, tracker.safe_timepoint, tracker.failed,
+        )  # fmt: skip
+        self.last_time, self.last_count = now, tracker.delivered
+
+
+@click.command("produce")
+@click.option("--max-events", type=int, default=None, help="Stop after this many delivered events (demos, tests).")
+@click.option("--restart-from-now-if-expired", is_flag=True, help="On 416 (checkpoint too old) restart from now instead of stopping.")
+@click.option("--log-interval", default=10.0, show_default=True, help="Seconds between progress log lines.")
+def produce_command(max_events: int | None, restart_from_now_if_expired: bool, log_interval: float) -> None:
+    """Stream Companies House events (CH_STREAM_URL) into Kafka (KAFKA_TOPIC), resuming from CH_CHECKPOINT_PATH.
+
+    SIGTERM / Ctrl-C: stop reading, flush, checkpoint, exit 0.
+    """
+    from ch_pipeline.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    try:
+        checkpoint = read_checkpoint(settings.checkpoint_path, settings.stream_url)
+        kafka_config = settings.kafka_client_config()
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    log.info("resuming %s from %s", settings.stream_url, f"timepoint {checkpoint}" if checkpoint is not None else "now (no checkpoint)")
+    stream = CompaniesHouseStream(
+        settings.stream_url, settings.stream_api_key, checkpoint, restart_from_now_if_expired=restart_from_now_if_expired
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    producer = StreamProducer(stream, kafka_config, settings.kafka_topic, settings.checkpoint_path, max_events, log_interval)
+    try:
+        result = producer.run(stop)
+    except (StreamError, ProducerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"delivered {result.delivered} events to {settings.kafka_topic}; checkpoint at timepoint {result.checkpoint}")
