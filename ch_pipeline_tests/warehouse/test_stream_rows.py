@@ -1,0 +1,101 @@
+"""Kafka message -> stream row or reject: both accepted shapes, typed values, clear errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import pytest
+
+from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
+from ch_pipeline.warehouse.stream_rows import MessageError, StreamBatchBuilder, parse_message
+from ch_pipeline_tests.warehouse.messages import MALFORMED_VALUES, company_event, flat_record
+
+
+def test_companies_house_event_is_typed():
+    fields = parse_message(json.dumps(company_event(3)).encode(), b"00000003")
+    assert fields.company_number == "00000003"
+    assert fields.company_name == "EXAMPLE 3 LIMITED"
+    assert fields.company_status == "active"
+    assert fields.date_of_creation == date(1993, 4, 4)
+    assert fields.postal_code == "AB3 3CD"
+    assert fields.published_at == datetime(2024, 5, 1, 9, 0, 3, tzinfo=timezone.utc)
+    assert (fields.event_type, fields.timepoint, fields.resource_kind) == ("changed", 1003, "company-profile")
+
+
+def test_published_at_with_an_offset_becomes_utc():
+    event = company_event(1)
+    event["event"]["published_at"] = "2024-05-01T10:00:00.250+01:00"
+    assert parse_message(json.dumps(event).encode(), None).published_at == datetime(2024, 5, 1, 9, 0, 0, 250000, tzinfo=timezone.utc)
+
+
+def test_deleted_event_without_data_takes_the_number_from_the_uri_or_key():
+    event = company_event(8, "deleted")
+    fields = parse_message(json.dumps(event).encode(), None)
+    assert (fields.event_type, fields.company_number, fields.company_name) == ("deleted", "00000008", None)
+    del event["resource_uri"]
+    assert parse_message(json.dumps(event).encode(), b"KEY123").company_number == "KEY123"
+
+
+def test_unknown_resource_kind_is_landed_with_its_kind():
+    event = company_event(2)
+    event["resource_kind"] = "company-officers"
+    assert parse_message(json.dumps(event).encode(), None).resource_kind == "company-officers"
+
+
+def test_flat_tutorial_record_maps_na_to_null():
+    fields = parse_message(json.dumps(flat_record(1)).encode(), None)
+    assert fields.company_name == "FLAT 1 LTD"
+    assert fields.date_of_creation is None and fields.postal_code is None
+    assert (fields.event_type, fields.timepoint, fields.resource_kind) == ("changed", None, None)
+    assert parse_message(json.dumps(flat_record(6)).encode(), None).date_of_creation == date(2001, 2, 3)
+
+
+@pytest.mark.parametrize("value", [None, *MALFORMED_VALUES, "{\"a\": 1}".encode("utf-16")])
+def test_malformed_messages_raise_a_message_error_with_a_reason(value):
+    with pytest.raises(MessageError) as error:
+        parse_message(value, None)
+    assert str(error.value)
+
+
+class FakeMessage:
+    """The five accessors of confluent_kafka.Message that the builder reads (Message has no public constructor)."""
+
+    def __init__(self, partition, offset, value, key=None, timestamp=(1, 1714554000000)):
+        self._args = partition, offset, value, key, timestamp
+
+    def partition(self):
+        return self._args[0]
+
+    def offset(self):
+        return self._args[1]
+
+    def value(self):
+        return self._args[2]
+
+    def key(self):
+        return self._args[3]
+
+    def timestamp(self):
+        return self._args[4]
+
+
+def test_builder_makes_arrow_tables_in_the_schema_of_record():
+    ingested = datetime(2024, 6, 1, tzinfo=timezone.utc)
+    builder = StreamBatchBuilder("p0:0-2", ingested)
+    good = json.dumps(company_event(1)).encode()
+    builder.add([FakeMessage(0, 0, good, b"k"), FakeMessage(0, 1, b"oops", b"\x00\x01"), FakeMessage(0, 2, None, None, (0, -1))])
+    rows, rejects = builder.stream_table(), builder.rejects_table()
+    assert rows.schema == arrow_schema(STREAM_COLUMNS) and rejects.schema == arrow_schema(REJECT_COLUMNS)
+    assert rows.num_rows == 1 and rejects.num_rows == 2
+    row = rows.to_pylist()[0]
+    assert row["raw_event"] == good.decode() and row["stream_partition"] == "p0:0-2" and row["ingested_at"] == ingested
+    assert row["kafka_timestamp"] == datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
+    first, second = rejects.to_pylist()
+    assert base64.b64decode(first["raw_value_base64"]) == b"oops" and base64.b64decode(first["kafka_key"]) == b"\x00\x01"
+    assert "JSON" in first["error"]
+    assert second["raw_value_base64"] is None and second["kafka_timestamp"] is None and "tombstone" in second["error"]
+    assert builder.bytes == len(good) + 1 + 4 + 2
+    assert rows.column("date_of_creation").type == pa.date32()
