@@ -7,6 +7,8 @@ in the same tick, so they run as one ``dbt build`` (the order inside it comes fr
 The old crons survive only as the deadlines of the freshness policies.
 """
 
+import shutil
+import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -24,13 +26,31 @@ DBT_GROUP = "dbt"
 SNAPSHOT_MODEL = "snapshot_streamed_data"
 
 
+def dbt_executable() -> str:
+    """dbt beside this interpreter (the venv is often not on PATH, e.g. `.venv/bin/dagster dev`)."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
 def prepare_manifest(project: DbtProject = ch_dbt_project) -> Path:
-    """The manifest ``@dbt_assets`` is built from: re-parsed under ``dagster dev``, parsed once on a
-    fresh clone (``ch_dbt/target`` is not committed; ``make setup`` also parses)."""
+    """The manifest ``@dbt_assets`` is built from: re-parsed under ``dagster dev``, and parsed whenever
+    it is missing (a fresh clone: ``ch_dbt/target`` is not committed) or older than the project files."""
     project.prepare_if_dev()
-    if not project.manifest_path.exists():
-        DbtCliResource(project_dir=project).cli(["parse", "--quiet"], target_path=project.target_path).wait()
+    if _manifest_is_stale(project):
+        DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
+            ["parse", "--quiet"], target_path=project.target_path
+        ).wait()
     return project.manifest_path
+
+
+def _manifest_is_stale(project: DbtProject) -> bool:
+    if not project.manifest_path.exists():
+        return True
+    sources = [project.project_dir / "dbt_project.yml", project.project_dir / "profiles.yml"]
+    for folder in ("models", "macros", "tests"):
+        sources.extend((project.project_dir / folder).rglob("*"))
+    built = project.manifest_path.stat().st_mtime
+    return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
 # Declarative automation (DESIGN §7, §11). `eager()` alone never fires below a growing dynamic
@@ -94,7 +114,9 @@ def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
 
 def dbt_resource() -> DbtCliResource:
     """The dbt CLI; the target comes from DBT_TARGET (default: CH_WAREHOUSE, see ch_dbt/profiles.yml)."""
-    return DbtCliResource(project_dir=ch_dbt_project, target=env_or_default("DBT_TARGET", None))
+    return DbtCliResource(
+        project_dir=ch_dbt_project, dbt_executable=dbt_executable(), target=env_or_default("DBT_TARGET", None)
+    )
 
 
 dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
