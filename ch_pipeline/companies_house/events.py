@@ -172,7 +172,7 @@ class _EventGenerator:
                 return number
 
     def _new_company(self, number: str) -> dict:
-        prefix = number[:2] if number[:2].isalpha() else ""
+        prefix = next((p for p in _NUMBER_PREFIXES if p and number.startswith(p)), "")
         company_type = _COMPANY_TYPES[prefix]
         created = date(1960, 1, 1) + timedelta(days=self.rng.randrange(66 * 365))
         data = {

@@ -75,7 +75,8 @@ class ReplayServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, name="replay-server", daemon=True).start()
+        # A short poll interval: stop() returns promptly (shutdown waits for the next poll).
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="replay-server", daemon=True).start()
         return self
 
     def stop(self) -> None:
