@@ -34,6 +34,7 @@ from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (DESIGN §11): poll every 30 s and batch per tick.
 DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
+# A broker that does not answer within this skips the tick (the daemon retries at the next one).
 PROBE_TIMEOUT_SECONDS = 5.0
 
 stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ranges")
@@ -101,6 +102,7 @@ def build_kafka_sensor(
     minimum_interval_seconds: int = DEFAULT_MINIMUM_INTERVAL_SECONDS,
     name: str = "company_house_kafka_sensor",
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets into stream partitions and runs."""
 
@@ -114,7 +116,7 @@ def build_kafka_sensor(
     def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
         cursor = read_cursor(context.cursor)
         try:
-            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, cursor, timeout=PROBE_TIMEOUT_SECONDS)
+            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, cursor, timeout=probe_timeout_seconds)
         except (KafkaUnavailable, TopicMissing) as exc:
             return dg.SkipReason(str(exc))
         starts = {}
