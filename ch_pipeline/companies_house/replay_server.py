@@ -51,6 +51,7 @@ class ReplayServer:
     drop_after: int | None = None
     max_drops: int | None = None
     split_lines: bool = False
+    chunked: bool = True  # False: a close-delimited body, as behind a proxy that strips chunking
     host: str = "127.0.0.1"
     port: int = 0
     lines: list[bytes] = field(init=False, repr=False)
@@ -146,7 +147,10 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                 return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
+            if server.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Connection", "close")
             self.end_headers()
             try:
                 self._stream_from(start)
@@ -193,7 +197,7 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             self.connection.shutdown(socket.SHUT_RDWR)
 
         def _chunk(self, data: bytes) -> None:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if server.chunked else data)
             self.wfile.flush()
 
         def _api_key(self) -> str | None:

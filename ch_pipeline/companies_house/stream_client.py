@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import requests
+import urllib3
 
 from ch_pipeline.companies_house.events import company_number_of
 
@@ -81,7 +82,8 @@ class Backoff:
 
 
 RETRIED_STATUSES = {429, 500, 502, 503, 504}
-_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# urllib3's own errors reach us from raw.read1 (requests wraps them only inside iter_content).
+_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class CompaniesHouseStream:
 
     def _read(self, response: requests.Response) -> Iterator[StreamEvent]:
         resumed_from = self.timepoint
-        for line in complete_lines(response.iter_content(chunk_size=None)):
+        for line in complete_lines(body_chunks(response)):
             if self.stopped:
                 return
             if line.strip() == HEARTBEAT:
@@ -189,6 +191,19 @@ class CompaniesHouseStream:
         delay = self.backoff.next_delay(at_least)
         log.warning("%s; reconnecting in %.2fs", reason, delay)
         self._stop.wait(delay)
+
+
+def body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive, never waiting to fill a buffer on an endless stream.
+
+    A chunked body (the API's) is read chunk by chunk; a body without chunked encoding (a proxy
+    may strip it) is read with ``read1``, which returns what has arrived instead of blocking for more.
+    """
+    if response.raw.chunked:
+        yield from response.iter_content(chunk_size=None)
+        return
+    while chunk := response.raw.read1(65536, decode_content=True):
+        yield chunk
 
 
 def complete_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

@@ -61,6 +61,15 @@ def test_lines_split_across_chunks_are_reassembled_byte_for_byte():
     assert [e.raw for e in events] == server.lines
 
 
+@pytest.mark.timeout(30)  # a client that waits for the body to end hangs here
+def test_a_body_without_chunked_encoding_is_read_as_it_arrives():
+    # An endless close-delimited body: reading must not wait for a buffer to fill or for the end.
+    with ReplayServer(events=40, seed=7, chunked=False, split_lines=True, drop_after=25, max_drops=1, **FAST) as server:
+        events = take_until(fast_stream(server.url), server.timepoints[-1])
+    assert sorted({e.timepoint for e in events}) == sorted(set(server.timepoints))
+    assert all(e.raw in server.lines for e in events)
+
+
 def test_a_truncated_last_line_is_not_received():
     chunks = [b'{"a":1}\n\n{"b"', b":2}\n", b'{"cut']
     assert list(complete_lines(iter(chunks))) == [b'{"a":1}', b"", b'{"b":2}']
