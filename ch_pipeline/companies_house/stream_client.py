@@ -46,7 +46,7 @@ class StreamEvent:
     """One event line: ``raw`` is the line exactly as received (no newline), the Kafka value."""
 
     raw: bytes
-    envelope: dict | None  # None when the line is not a JSON object (kept, never dropped)
+    envelope: dict | None  # None when the line is not a JSON object (kept and forwarded, never dropped)
     timepoint: int | None
     company_number: str | None
 
@@ -54,9 +54,14 @@ class StreamEvent:
     def parse(cls, raw: bytes) -> "StreamEvent":
         try:
             envelope = json.loads(raw)
-            timepoint = int(envelope["event"]["timepoint"])
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except ValueError:
             return cls(raw, None, None, None)
+        if not isinstance(envelope, dict):
+            return cls(raw, None, None, None)
+        try:
+            timepoint = int(envelope["event"]["timepoint"])
+        except (ValueError, TypeError, KeyError):
+            timepoint = None  # still forwarded; only the checkpoint cannot use it
         return cls(raw, envelope, timepoint, company_number_of(envelope))
 
 

@@ -78,6 +78,9 @@ def test_a_truncated_last_line_is_not_received():
 def test_a_line_that_is_not_json_is_kept_without_a_timepoint():
     event = StreamEvent.parse(b"<html>oops</html>")
     assert event.raw == b"<html>oops</html>" and event.timepoint is None and event.envelope is None
+    assert StreamEvent.parse(b"[1, 2]").envelope is None
+    no_timepoint = StreamEvent.parse(b'{"resource_uri": "/company/SC000001", "event": {}}')
+    assert (no_timepoint.timepoint, no_timepoint.company_number) == (None, "SC000001")
 
 
 def test_dropped_connections_resume_from_the_last_timepoint_without_loss_or_repeats(caplog):

@@ -79,8 +79,13 @@ def test_sigkill_then_restart_resumes_from_the_checkpoint_and_covers_every_timep
 
 def test_sigterm_flushes_checkpoints_and_exits_zero(broker, topic, tmp_path):
     checkpoint = tmp_path / "producer.checkpoint"
+    # Kafka settings from a librdkafka properties file (the Confluent Cloud getting_started.ini shape).
+    config_file = tmp_path / "kafka.ini"
+    config_file.write_text(f"[default]\nbootstrap.servers={broker.bootstrap_servers}\nclient.id=ch-test\n")
     with ReplayServer(events=2000, seed=22, rate=300, heartbeat_interval=0.2) as server:
-        process = start_producer(producer_env(server.url, broker.bootstrap_servers, topic, checkpoint))
+        env = producer_env(server.url, broker.bootstrap_servers, topic, checkpoint, KAFKA_CONFIG_FILE=str(config_file))
+        del env["KAFKA_BOOTSTRAP_SERVERS"]
+        process = start_producer(env)
         wait_for_checkpoint(checkpoint, 50, process)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
