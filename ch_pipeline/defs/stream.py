@@ -10,7 +10,6 @@ reads its ranges by explicit offsets and replaces exactly those offsets in the w
 
 
 import json
-from datetime import datetime, timezone
 
 import dagster as dg
 import pyarrow.compute as pc
@@ -23,13 +22,10 @@ from ch_pipeline.kafka.offsets import (
     cut_batches,
     format_partition_key,
     next_offsets,
-    parse_partition_key,
     probe_offsets,
 )
-from ch_pipeline.kafka.reader import read_ranges
-from ch_pipeline.warehouse.landing import LandingBatch
+from ch_pipeline.warehouse.landing import LandingBatch, read_stream_partition
 from ch_pipeline.warehouse.schema import STREAM_COLUMNS
-from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (DESIGN §11): poll every 30 s and batch per tick.
@@ -59,28 +55,23 @@ stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ra
 def company_house_stream(
     context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    key = context.partition_key
-    ranges = parse_partition_key(key)
-    builder = StreamBatchBuilder(key, ingested_at=datetime.now(timezone.utc))
     # Read and parse everything before touching the warehouse, so the DuckDB file is held only
     # for the landing transaction itself.
-    for messages in read_ranges(kafka.client_config(), kafka.topic, ranges):
-        builder.add(messages)
-    batch = LandingBatch(key, ranges, builder.stream_table(), builder.rejects_table())
+    batch = read_stream_partition(kafka.client_config(), kafka.topic, context.partition_key)
     warehouse.warehouse().land(batch)
     if batch.rejects.num_rows:
         context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in company_house_stream_rejects")
-    return dg.MaterializeResult(metadata=landing_metadata(batch, builder.bytes))
+    return dg.MaterializeResult(metadata=landing_metadata(batch))
 
 
-def landing_metadata(batch: LandingBatch, message_bytes: int) -> dict[str, dg.MetadataValue]:
+def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
     published = batch.rows.column("published_at")
     metadata: dict[str, dg.MetadataValue] = {
         "dagster/row_count": dg.MetadataValue.int(batch.rows.num_rows),
         "rows": dg.MetadataValue.int(batch.rows.num_rows),
         "rejects": dg.MetadataValue.int(batch.rejects.num_rows),
         "offsets": dg.MetadataValue.json({f"p{r.partition}": [r.first, r.last] for r in batch.ranges}),
-        "bytes": dg.MetadataValue.int(message_bytes),
+        "bytes": dg.MetadataValue.int(batch.message_bytes),
     }
     if batch.rows.num_rows:
         metadata["min_published_at"] = dg.MetadataValue.timestamp(pc.min(published).as_py())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Protocol
 
 import pyarrow as pa
 
-from ch_pipeline.kafka.offsets import OffsetRange
+from ch_pipeline.kafka.offsets import OffsetRange, parse_partition_key
+from ch_pipeline.kafka.reader import read_ranges
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class LandingBatch:
     ranges: Sequence[OffsetRange]
     rows: pa.Table
     rejects: pa.Table
+    message_bytes: int = 0
 
 
 class Warehouse(Protocol):
@@ -26,6 +29,17 @@ class Warehouse(Protocol):
         """Replace, atomically, every stream and reject row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
+
+
+def read_stream_partition(kafka_config: Mapping[str, str], topic: str, stream_partition: str) -> LandingBatch:
+    """Read exactly the offsets named by ``stream_partition`` and parse them into a batch."""
+    from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
+
+    ranges = parse_partition_key(stream_partition)
+    builder = StreamBatchBuilder(stream_partition, ingested_at=datetime.now(timezone.utc))
+    for messages in read_ranges(kafka_config, topic, ranges):
+        builder.add(messages)
+    return LandingBatch(stream_partition, ranges, builder.stream_table(), builder.rejects_table(), builder.bytes)
 
 
 def offsets_predicate(ranges: Sequence[OffsetRange], qualifier: str | None = None) -> str:
