@@ -108,7 +108,7 @@ def test_secret_files_are_git_ignored():
 _B64 = "Zx9" + "Qa7Lm2Pk4Rt8Vw1Ys3Ub6Nc5Hd0Jf2Gh" + "Ke7Mn9Pq1Rs4Tu6Vw8Xy0Za3Bc5De7Fg9Hi1"
 _REAL_LOOKING = [
     ("-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEow...", "private key (PEM)"),
-    ('{"type": "service_account", "private_key": "-----BEGIN ' + 'PRIVATE KEY-----\\nMIIE"}', "Google service-account key"),
+    ('{"type": "service_account", "private_key": "' + "-----BEGIN " + 'PRIVATE KEY-----\\nMIIE"}', "Google service-account key"),
     ("aws_access_key_id = " + "AKIA" + "Q4RZ7XK2M5N8P3TB", "AWS access key id"),
     ("key=" + "AIza" + "SyD4k9Xq2Lm7Pn3Rt8Vw1Ys5Ub6Nc0Hd2Jf", "Google API key"),
     ("sasl.password=" + _B64[:64], "Confluent-style API secret"),
