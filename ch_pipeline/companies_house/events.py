@@ -130,6 +130,7 @@ def _order(event: dict) -> tuple[str, int]:
 class _EventGenerator:
     rng: random.Random
     companies: dict[str, dict] = field(default_factory=dict)
+    live_numbers: list[str] = field(default_factory=list)  # for an O(1), seed-stable random pick
     used_numbers: set[str] = field(default_factory=set)
     published_at: datetime = _FIRST_PUBLISHED_AT
 
@@ -137,16 +138,19 @@ class _EventGenerator:
         # Several events can share a second, as in the real stream.
         self.published_at += timedelta(seconds=self.rng.choice([0, 0, 1, 1, 2, 7]))
         roll = self.rng.random()
-        if self.companies and roll < _DELETE_RATE:
-            number = self.rng.choice(sorted(self.companies))
+        if self.live_numbers and roll < _DELETE_RATE:
+            index = self.rng.randrange(len(self.live_numbers))
+            self.live_numbers[index], self.live_numbers[-1] = self.live_numbers[-1], self.live_numbers[index]
+            number = self.live_numbers.pop()
             del self.companies[number]
             return self._envelope(number, None, "deleted", timepoint, [])
-        if self.companies and roll < _DELETE_RATE + _REPEAT_RATE:
-            number = self.rng.choice(sorted(self.companies))
+        if self.live_numbers and roll < _DELETE_RATE + _REPEAT_RATE:
+            number = self.rng.choice(self.live_numbers)
             data, changed = self._update(self.companies[number])
         else:
             number = self._new_number()
             data, changed = self._new_company(number), []
+            self.live_numbers.append(number)
         self.companies[number] = data
         return self._envelope(number, data, "changed", timepoint, changed)
 
