@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import bisect
 import logging
+import signal
 import socket
 import threading
 import time
@@ -260,12 +261,13 @@ def replay_server_command(port, host, events, rate, seed, first_timepoint, retai
         server.start()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc}): pass --port with a free port") from exc
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     click.echo(f"replay server ready: CH_STREAM_URL={server.url} ({len(server.lines)} lines, seed {seed})")
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(1.0):
+            pass
     finally:
         server.stop()
         click.echo("replay server stopped")

@@ -165,8 +165,9 @@ class CompaniesHouseStream:
     def _handle_error_status(self, response: requests.Response) -> None:
         status = response.status_code
         if status == 401:
+            problem = "rejected the API key" if self.api_key else "requires an API key and CH_STREAM_API_KEY is not set"
             raise StreamAuthError(
-                f"{self.url} rejected the API key (401): set CH_STREAM_API_KEY to a *streaming* API key "
+                f"{self.url} {problem} (401): set CH_STREAM_API_KEY to a *streaming* API key "
                 "(REST API keys do not work) from https://developer.company-information.service.gov.uk/manage-applications"
             )
         if status == 416:

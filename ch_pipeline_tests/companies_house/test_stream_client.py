@@ -144,7 +144,7 @@ def test_a_rejected_key_stops_with_an_actionable_message():
     with ReplayServer(events=5, api_key="right-key", **FAST) as server:
         with pytest.raises(StreamAuthError, match="streaming.*API key"):
             next(fast_stream(server.url, api_key="wrong-key").events())
-        with pytest.raises(StreamAuthError):
+        with pytest.raises(StreamAuthError, match="CH_STREAM_API_KEY is not set"):
             next(fast_stream(server.url).events())
         good = take(fast_stream(server.url, api_key="right-key"), 5)
     assert len(good) == 5
