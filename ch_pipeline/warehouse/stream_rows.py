@@ -1,229 +1,231 @@
-"""Kafka message -> stream row (DESIGN §5), or -> reject row with the reason.
+"""Kafka messages -> stream rows (DESIGN §5), or -> reject rows with the reason.
 
 Two message shapes are accepted (DESIGN §4): the original Companies House event envelope, and
-the tutorial's flat six-field record with ``"NA"`` for missing values. Parsing never raises for
-bad input: a message that is not one of the two shapes becomes a reject row carrying its
-coordinates, its bytes (base64) and the error, so it can be inspected and replayed.
+the tutorial's flat six-field record with ``"NA"`` for missing values. Bad input never fails a
+run: a message that is not one of the two shapes becomes a reject row carrying its coordinates,
+its bytes (base64) and the error, so it can be inspected and replayed.
+
+The parsing is one SQL query over an Arrow table of raw messages, run by an in-memory DuckDB
+(its JSON reader is C++ and multi-threaded: ~20x faster here than ``json.loads`` per message,
+DESIGN-level throughput target ≥ 50k msg/s). The same query serves both warehouses: its Arrow
+output is what DuckDB and BigQuery land.
 
 Decisions: every ``event.type`` other than ``changed``/``deleted`` is rejected (dbt's accepted
 values); an unknown ``resource_kind`` is landed with its kind (the stream table is the faithful
 record of the topic; dbt keeps ``company-profile``); a ``deleted`` event without ``data`` takes its
-company number from the message key or the ``resource_uri`` (``/company/{number}``).
+company number from the ``resource_uri`` (``/company/{number}``) or the message key. Dates must be
+ISO ``YYYY-MM-DD``; ``published_at`` ISO, UTC when it carries no offset.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from typing import Any
+from datetime import datetime
+from typing import Any, Iterable
 
+import duckdb
 import pyarrow as pa
 
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
 
 STREAM_SCHEMA = arrow_schema(STREAM_COLUMNS)
 REJECT_SCHEMA = arrow_schema(REJECT_COLUMNS)
-EVENT_TYPES = frozenset({"changed", "deleted"})
-FLAT_FIELDS = ("company_name", "company_number", "company_status", "date_of_creation", "postal_code", "published_at")
-_COMPANY_URI = re.compile(r"/company/([A-Za-z0-9]+)")
-_MISSING = "NA"  # the tutorial producer's marker for a missing value
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("kafka_partition", pa.int32(), nullable=False),
+        pa.field("kafka_offset", pa.int64(), nullable=False),
+        pa.field("kafka_timestamp", pa.timestamp("ms", tz="UTC")),
+        pa.field("kafka_key", pa.binary()),
+        pa.field("value", pa.binary()),
+    ]
+)
+
+# JSON paths read from every message, extracted in one pass each for types and for text.
+_PATHS = {
+    "event": "$.event",
+    "resource_kind": "$.resource_kind",
+    "resource_uri": "$.resource_uri",
+    "event_type": "$.event.type",
+    "event_published_at": "$.event.published_at",
+    "timepoint": "$.event.timepoint",
+    "data": "$.data",
+    "data_company_name": "$.data.company_name",
+    "data_company_number": "$.data.company_number",
+    "data_company_status": "$.data.company_status",
+    "data_date_of_creation": "$.data.date_of_creation",
+    "address": "$.data.registered_office_address",
+    "address_postal_code": "$.data.registered_office_address.postal_code",
+    "flat_company_name": "$.company_name",
+    "flat_company_number": "$.company_number",
+    "flat_company_status": "$.company_status",
+    "flat_date_of_creation": "$.date_of_creation",
+    "flat_postal_code": "$.postal_code",
+    "flat_published_at": "$.published_at",
+}
+_INDEX = {name: position + 1 for position, name in enumerate(_PATHS)}  # DuckDB lists are 1-based
 
 
-class MessageError(ValueError):
-    """This message is neither a Companies House event nor a flat tutorial record."""
+def _t(name: str) -> str:
+    return f"t[{_INDEX[name]}]"
 
 
-@dataclass(frozen=True)
-class StreamFields:
-    """What a message says, typed: the parsed part of a stream row."""
-
-    company_name: str | None
-    company_number: str
-    company_status: str | None
-    date_of_creation: date | None
-    postal_code: str | None
-    published_at: datetime
-    event_type: str
-    timepoint: int | None
-    resource_kind: str | None
-    raw_event: str
+def _v(name: str) -> str:
+    return f"v[{_INDEX[name]}]"
 
 
-def parse_message(value: bytes | None, key: bytes | None) -> StreamFields:
-    """Parse one message value (its key is the fallback company number); raise ``MessageError``."""
-    if value is None:
-        raise MessageError("null message value (tombstone)")
-    try:
-        # Decode first: json.loads(bytes) would also accept UTF-16/32, which raw_event cannot hold as sent.
-        text = value.decode("utf-8")
-        document = json.loads(text)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
-        raise MessageError(f"not UTF-8 JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise MessageError(f"JSON {type(document).__name__}, expected an object")
-    if "event" in document or "resource_kind" in document:
-        return _parse_event(document, key, text)
-    if "company_number" in document and "published_at" in document:
-        return _parse_flat(document, text)
-    raise MessageError("neither a Companies House event (no 'event') nor a flat record (no 'company_number'/'published_at')")
+def _is_text(name: str) -> str:
+    """Absent, JSON null or a JSON string."""
+    return f"coalesce({_t(name)} IN ('VARCHAR', 'NULL'), true)"
 
 
-def _parse_event(document: dict[str, Any], key: bytes | None, text: str) -> StreamFields:
-    event = document.get("event")
-    if not isinstance(event, dict):
-        raise MessageError("'event' is missing or not an object")
-    event_type = event.get("type")
-    if event_type not in EVENT_TYPES:
-        raise MessageError(f"event.type {event_type!r} is not one of {sorted(EVENT_TYPES)}")
-    data = document.get("data")
-    if data is None and event_type == "changed":
-        raise MessageError("a 'changed' event without 'data'")
-    if data is not None and not isinstance(data, dict):
-        raise MessageError("'data' is not an object")
-    data = data or {}
-    address = data.get("registered_office_address")
-    if address is not None and not isinstance(address, dict):
-        raise MessageError("'data.registered_office_address' is not an object")
-    number = _text(data, "company_number") or _company_from_uri(document.get("resource_uri")) or _key_text(key)
-    if not number:
-        raise MessageError("no company number in data, resource_uri or key")
-    timepoint = event.get("timepoint")
-    if timepoint is not None and (not isinstance(timepoint, int) or isinstance(timepoint, bool) or not 0 <= timepoint < 1 << 63):
-        raise MessageError(f"event.timepoint {timepoint!r} is not a non-negative 64-bit integer")
-    return StreamFields(
-        company_name=_text(data, "company_name"),
-        company_number=number,
-        company_status=_text(data, "company_status"),
-        date_of_creation=_date(data.get("date_of_creation")),
-        postal_code=_text(address, "postal_code") if address else None,
-        published_at=_timestamp(event.get("published_at")),
-        event_type=event_type,
-        timepoint=timepoint,
-        resource_kind=_text(document, "resource_kind"),
-        raw_event=text,
-    )
+def _flat(name: str) -> str:
+    """A flat record's value: the tutorial wrote "NA" for missing."""
+    return f"nullif({_v('flat_' + name)}, 'NA')"
 
 
-def _parse_flat(document: dict[str, Any], text: str) -> StreamFields:
-    flat = {name: None if document.get(name) == _MISSING else document.get(name) for name in FLAT_FIELDS}
-    number = _text(flat, "company_number")
-    if not number:
-        raise MessageError("flat record without company_number")
-    return StreamFields(
-        company_name=_text(flat, "company_name"),
-        company_number=number,
-        company_status=_text(flat, "company_status"),
-        date_of_creation=_date(flat["date_of_creation"]),
-        postal_code=_text(flat, "postal_code"),
-        published_at=_timestamp(flat["published_at"]),
-        event_type="changed",
-        timepoint=None,
-        resource_kind=None,
-        raw_event=text,
-    )
+_ISO_DATE = r"\d{4}-\d{2}-\d{2}"
+_ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
 
 
-def _text(document: dict[str, Any], name: str) -> str | None:
-    value = document.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise MessageError(f"{name} {value!r} is not a string")
+def _bad_date(text: str) -> str:
+    return f"({text} IS NOT NULL AND (NOT regexp_full_match({text}, '{_ISO_DATE}') OR TRY_CAST({text} AS DATE) IS NULL))"
 
 
-def _key_text(key: bytes | None) -> str | None:
-    try:
-        return key.decode() if key else None
-    except UnicodeDecodeError:
-        return None
+def _bad_timestamp(text: str) -> str:
+    return f"({text} IS NULL OR NOT regexp_full_match({text}, '{_ISO_TIMESTAMP}') OR TRY_CAST({text} AS TIMESTAMPTZ) IS NULL)"
 
 
-def _company_from_uri(uri: Any) -> str | None:
-    match = _COMPANY_URI.search(uri) if isinstance(uri, str) else None
-    return match.group(1) if match else None
+_EVENT_NUMBER = (
+    f"coalesce(nullif({_v('data_company_number')}, ''), "
+    f"nullif(regexp_extract({_v('resource_uri')}, '/company/([A-Za-z0-9]+)', 1), ''), "
+    "nullif(TRY(decode(kafka_key)), ''))"
+)
+
+# The first failing rule names the error; NULL means the message is a stream row.
+_ERROR = f"""
+CASE
+  WHEN value IS NULL THEN 'null message value (tombstone)'
+  WHEN text IS NULL THEN 'not UTF-8 text'
+  WHEN doc_type IS NULL THEN 'not JSON'
+  WHEN doc_type <> 'OBJECT' THEN 'JSON ' || lower(doc_type) || ', expected an object'
+  WHEN is_event THEN CASE
+    WHEN {_t('event')} IS DISTINCT FROM 'OBJECT' THEN '''event'' is missing or not an object'
+    WHEN {_t('event_type')} IS DISTINCT FROM 'VARCHAR' OR {_v('event_type')} NOT IN ('changed', 'deleted')
+      THEN 'event.type ' || coalesce({_v('event_type')}, 'missing') || ' is not changed or deleted'
+    WHEN coalesce({_t('data')}, 'NULL') NOT IN ('OBJECT', 'NULL') THEN '''data'' is not an object'
+    WHEN coalesce({_t('data')}, 'NULL') = 'NULL' AND {_v('event_type')} = 'changed' THEN 'a ''changed'' event without ''data'''
+    WHEN coalesce({_t('address')}, 'NULL') NOT IN ('OBJECT', 'NULL') THEN 'data.registered_office_address is not an object'
+    WHEN NOT ({_is_text('data_company_name')} AND {_is_text('data_company_number')} AND {_is_text('data_company_status')}
+              AND {_is_text('data_date_of_creation')} AND {_is_text('address_postal_code')} AND {_is_text('resource_kind')})
+      THEN 'a company field (name, number, status, date_of_creation, postal_code, resource_kind) is not a string'
+    WHEN {_EVENT_NUMBER} IS NULL THEN 'no company number in data, resource_uri or key'
+    WHEN coalesce({_t('timepoint')}, 'NULL') <> 'NULL' AND ({_t('timepoint')} <> 'UBIGINT' OR TRY_CAST({_v('timepoint')} AS BIGINT) IS NULL)
+      THEN 'event.timepoint ' || {_v('timepoint')} || ' is not a non-negative 64-bit integer'
+    WHEN {_bad_date(_v('data_date_of_creation'))} THEN 'date_of_creation ' || {_v('data_date_of_creation')} || ' is not an ISO date (YYYY-MM-DD)'
+    WHEN {_t('event_published_at')} IS DISTINCT FROM 'VARCHAR' OR {_bad_timestamp(_v('event_published_at'))}
+      THEN 'event.published_at ' || coalesce({_v('event_published_at')}, 'missing') || ' is not an ISO timestamp'
+  END
+  WHEN is_flat THEN CASE
+    WHEN NOT ({_is_text('flat_company_name')} AND {_is_text('flat_company_number')} AND {_is_text('flat_company_status')}
+              AND {_is_text('flat_date_of_creation')} AND {_is_text('flat_postal_code')} AND {_is_text('flat_published_at')})
+      THEN 'a flat record field is not a string'
+    WHEN nullif({_flat('company_number')}, '') IS NULL THEN 'flat record without company_number'
+    WHEN {_bad_date(_flat('date_of_creation'))} THEN 'date_of_creation ' || {_flat('date_of_creation')} || ' is not an ISO date (YYYY-MM-DD)'
+    WHEN {_bad_timestamp(_flat('published_at'))} THEN 'published_at ' || coalesce({_flat('published_at')}, 'missing') || ' is not an ISO timestamp'
+  END
+  ELSE 'neither a Companies House event (no ''event'') nor a flat record (no ''company_number''/''published_at'')'
+END"""
+
+_PARSED = f"""
+CREATE TEMP TABLE parsed AS
+WITH decoded AS (
+  SELECT *, TRY(decode(value)) AS text FROM raw_messages
+), valid AS (
+  -- The JSON functions raise on malformed input: give them NULL instead.
+  SELECT *, CASE WHEN json_valid(text) THEN text END AS doc FROM decoded
+), documents AS (
+  SELECT *, json_type(doc) AS doc_type,
+         json_type(doc, {list(_PATHS.values())}) AS t,
+         json_extract_string(doc, {list(_PATHS.values())}) AS v
+  FROM valid
+), shaped AS (
+  SELECT *, {_t('event')} IS NOT NULL OR {_t('resource_kind')} IS NOT NULL AS is_event,
+         {_t('flat_company_number')} IS NOT NULL AND {_t('flat_published_at')} IS NOT NULL AS is_flat
+  FROM documents
+)
+SELECT *, {_ERROR} AS error FROM shaped
+"""
+
+_STREAM_ROWS = f"""
+SELECT
+  CASE WHEN is_event THEN {_v('data_company_name')} ELSE {_flat('company_name')} END AS company_name,
+  CASE WHEN is_event THEN {_EVENT_NUMBER} ELSE {_flat('company_number')} END AS company_number,
+  CASE WHEN is_event THEN {_v('data_company_status')} ELSE {_flat('company_status')} END AS company_status,
+  CAST(CASE WHEN is_event THEN {_v('data_date_of_creation')} ELSE {_flat('date_of_creation')} END AS DATE) AS date_of_creation,
+  CASE WHEN is_event THEN {_v('address_postal_code')} ELSE {_flat('postal_code')} END AS postal_code,
+  CAST(CASE WHEN is_event THEN {_v('event_published_at')} ELSE {_flat('published_at')} END AS TIMESTAMPTZ) AS published_at,
+  CASE WHEN is_event THEN {_v('event_type')} ELSE 'changed' END AS event_type,
+  CASE WHEN is_event THEN CAST({_v('timepoint')} AS BIGINT) END AS timepoint,
+  CASE WHEN is_event THEN {_v('resource_kind')} END AS resource_kind,
+  kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
+  $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
+  text AS raw_event
+FROM parsed WHERE error IS NULL ORDER BY kafka_partition, kafka_offset
+"""
+
+_REJECT_ROWS = """
+SELECT kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
+  base64(kafka_key) AS kafka_key, base64(value) AS raw_value_base64, error,
+  $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at
+FROM parsed WHERE error IS NOT NULL ORDER BY kafka_partition, kafka_offset
+"""
 
 
-def _date(value: Any) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise MessageError(f"date_of_creation {value!r} is not an ISO date (YYYY-MM-DD)") from None
-
-
-def _timestamp(value: Any) -> datetime:
-    """An ISO timestamp; without an offset it is UTC (the stream's published_at has none)."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise MessageError(f"published_at {value!r} is not an ISO timestamp") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
+    """(stream rows, reject rows) of an Arrow table in ``RAW_SCHEMA``; every message is in exactly one."""
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
+        con.register("raw_messages", raw)
+        con.execute(_PARSED)
+        parameters = {"stream_partition": stream_partition, "ingested_at": ingested_at}
+        rows = con.sql(_STREAM_ROWS, params=parameters).to_arrow_table()
+        rejects = con.sql(_REJECT_ROWS, params=parameters).to_arrow_table()
+    return rows.cast(STREAM_SCHEMA), rejects.cast(REJECT_SCHEMA)
 
 
 class StreamBatchBuilder:
-    """Accumulates messages of one stream partition into a stream table and a rejects table (Arrow)."""
+    """Collects the messages of one stream partition, then parses them all at once."""
 
     def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
         self.stream_partition = stream_partition
         self.ingested_at = ingested_at
         self.bytes = 0
-        self._rows: dict[str, list] = {c.name: [] for c in STREAM_COLUMNS}
-        self._rejects: dict[str, list] = {c.name: [] for c in REJECT_COLUMNS}
+        self._chunks: list[pa.RecordBatch] = []
+        self._parsed: tuple[pa.Table, pa.Table] | None = None
 
     def add(self, messages: Iterable[Any]) -> None:
         """Add confluent-kafka ``Message``s (anything with value/key/partition/offset/timestamp)."""
-        rows, rejects = self._rows, self._rejects
+        columns: tuple[list, ...] = ([], [], [], [], [])
+        partitions, offsets, timestamps, keys, values = columns
         for message in messages:
             value, key = message.value(), message.key()
+            kind, millis = message.timestamp()
+            partitions.append(message.partition())
+            offsets.append(message.offset())
+            timestamps.append(None if kind == 0 or millis < 0 else millis)  # 0: TIMESTAMP_NOT_AVAILABLE
+            keys.append(key)
+            values.append(value)
             self.bytes += len(value or b"") + len(key or b"")
-            kafka_timestamp = _kafka_timestamp(message.timestamp())
-            try:
-                fields = parse_message(value, key)
-            except MessageError as exc:
-                rejects["kafka_partition"].append(message.partition())
-                rejects["kafka_offset"].append(message.offset())
-                rejects["kafka_timestamp"].append(kafka_timestamp)
-                rejects["kafka_key"].append(_base64(key))
-                rejects["raw_value_base64"].append(_base64(value))
-                rejects["error"].append(str(exc))
-                continue
-            rows["company_name"].append(fields.company_name)
-            rows["company_number"].append(fields.company_number)
-            rows["company_status"].append(fields.company_status)
-            rows["date_of_creation"].append(fields.date_of_creation)
-            rows["postal_code"].append(fields.postal_code)
-            rows["published_at"].append(fields.published_at)
-            rows["event_type"].append(fields.event_type)
-            rows["timepoint"].append(fields.timepoint)
-            rows["resource_kind"].append(fields.resource_kind)
-            rows["kafka_partition"].append(message.partition())
-            rows["kafka_offset"].append(message.offset())
-            rows["kafka_timestamp"].append(kafka_timestamp)
-            rows["raw_event"].append(fields.raw_event)
+        self._chunks.append(pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RAW_SCHEMA)], schema=RAW_SCHEMA))
+        self._parsed = None
+
+    def _parse(self) -> tuple[pa.Table, pa.Table]:
+        if self._parsed is None:
+            raw = pa.Table.from_batches(self._chunks, schema=RAW_SCHEMA)
+            self._parsed = parse_raw_messages(raw, self.stream_partition, self.ingested_at)
+        return self._parsed
 
     def stream_table(self) -> pa.Table:
-        return self._table(self._rows, STREAM_SCHEMA)
+        return self._parse()[0]
 
     def rejects_table(self) -> pa.Table:
-        return self._table(self._rejects, REJECT_SCHEMA)
-
-    def _table(self, columns: dict[str, list], schema: pa.Schema) -> pa.Table:
-        count = len(columns["kafka_offset"])
-        columns["stream_partition"] = [self.stream_partition] * count
-        columns["ingested_at"] = [self.ingested_at] * count
-        return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in schema}, schema=schema)
-
-
-def _kafka_timestamp(timestamp: tuple[int, int]) -> datetime | None:
-    kind, millis = timestamp
-    if kind == 0 or millis < 0:  # TIMESTAMP_NOT_AVAILABLE
-        return None
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
-
-
-def _base64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+        return self._parse()[1]
