@@ -240,9 +240,11 @@ def _split_point(data: bytes) -> int:
 @click.option("--drop-after", default=None, type=int, help="Fault: cut each connection mid-line after N events.")
 @click.option("--max-drops", default=None, type=int, help="Fault: cut at most this many connections.")
 @click.option("--split-lines", is_flag=True, help="Fault: send every line in two chunks.")
-@click.option("--fail-status", default=None, type=click.Choice(["429", "500", "502", "503", "504"]), help="Fault: answer --fail-requests requests with this status and an HTML page.")
+@click.option("--fail-status", default=None, type=click.Choice(["429", "500", "502", "503", "504"]),
+              help="Fault: answer --fail-requests requests with this status and an HTML page.")
 @click.option("--fail-requests", default=1, show_default=True)
-@click.option("--write-events", "events_file", default=None, type=click.Path(dir_okay=False), help="Only write the events as NDJSON to this file, then exit.")
+@click.option("--write-events", "events_file", default=None, type=click.Path(dir_okay=False),
+              help="Only write the events as NDJSON to this file, then exit.")
 def replay_server_command(port, host, events, rate, seed, first_timepoint, retain, heartbeat, api_key,
                           drop_after, max_drops, split_lines, fail_status, fail_requests, events_file) -> None:  # fmt: skip
     """Serve generated company events over the Companies House streaming protocol (foreground)."""
