@@ -91,7 +91,7 @@ class StreamProducer:
             remaining = producer.flush(_FLUSH_TIMEOUT)
             if tracker.safe_timepoint is not None and tracker.safe_timepoint != checkpointed:
                 write_checkpoint(self.checkpoint_path, tracker.safe_timepoint, self.stream.url)
-            progress.log(produced, tracker)
+            progress.log(produced, tracker, final=True)
         if stream_error is not None:
             raise stream_error
         if tracker.failed or remaining:
@@ -176,9 +176,10 @@ class _Progress:
         if time.monotonic() - self.last_time >= self.interval:
             self.log(produced, tracker)
 
-    def log(self, produced: int, tracker: DeliveryTracker) -> None:
+    def log(self, produced: int, tracker: DeliveryTracker, final: bool = False) -> None:
         now = time.monotonic()
-        rate = (tracker.delivered - self.last_count) / max(now - self.last_time, 1e-9)
+        since, count = (self.started, 0) if final else (self.last_time, self.last_count)  # final: the whole run
+        rate = (tracker.delivered - count) / max(now - since, 1e-9)
         log.info(
             "%.1f events/s, %d delivered (%d produced, %d in flight), last delivered timepoint %s, %d delivery errors",
             rate, tracker.delivered, produced, tracker.in_flight, tracker.safe_timepoint, tracker.failed,
