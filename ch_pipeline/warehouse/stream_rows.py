@@ -19,11 +19,13 @@ ISO ``YYYY-MM-DD``; ``published_at`` ISO, UTC when it carries no offset.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, Iterable
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
 
@@ -61,15 +63,18 @@ _PATHS = {
     "flat_postal_code": "$.postal_code",
     "flat_published_at": "$.published_at",
 }
-_INDEX = {name: position + 1 for position, name in enumerate(_PATHS)}  # DuckDB lists are 1-based
+# DuckDB lists are 1-based; the type list t starts with the document's own type ('$').
+_TYPE_PATHS = ["$", *_PATHS.values()]
+_T_INDEX = {name: position + 2 for position, name in enumerate(_PATHS)}
+_V_INDEX = {name: position + 1 for position, name in enumerate(_PATHS)}
 
 
 def _t(name: str) -> str:
-    return f"t[{_INDEX[name]}]"
+    return f"t[{_T_INDEX[name]}]"
 
 
 def _v(name: str) -> str:
-    return f"v[{_INDEX[name]}]"
+    return f"v[{_V_INDEX[name]}]"
 
 
 def _is_text(name: str) -> str:
@@ -135,61 +140,62 @@ CASE
   ELSE 'neither a Companies House event (no ''event'') nor a flat record (no ''company_number''/''published_at'')'
 END"""
 
-_PARSED = f"""
-CREATE TEMP TABLE parsed AS
+# One streaming pass: every message's error (NULL for a good one), its stream-row fields and its
+# reject-row fields; Arrow then splits the two. TRY_CAST: the fields of rejected rows are computed
+# too and must not raise.
+_PARSE = f"""
 WITH decoded AS (
   SELECT *, TRY(decode(value)) AS text FROM raw_messages
-), valid AS (
-  -- The JSON functions raise on malformed input: give them NULL instead.
-  SELECT *, CASE WHEN json_valid(text) THEN text END AS doc FROM decoded
+), typed AS (
+  -- One parse yields validity and every type: json_type raises on malformed JSON, TRY makes it NULL.
+  SELECT *, TRY(json_type(text, {_TYPE_PATHS})) AS t FROM decoded
 ), documents AS (
-  SELECT *, json_type(doc) AS doc_type,
-         json_type(doc, {list(_PATHS.values())}) AS t,
-         json_extract_string(doc, {list(_PATHS.values())}) AS v
-  FROM valid
+  SELECT *, t[1] AS doc_type,
+         CASE WHEN t IS NOT NULL THEN json_extract_string(text, {list(_PATHS.values())}) END AS v
+  FROM typed
 ), shaped AS (
   SELECT *, {_t('event')} IS NOT NULL OR {_t('resource_kind')} IS NOT NULL AS is_event,
          {_t('flat_company_number')} IS NOT NULL AND {_t('flat_published_at')} IS NOT NULL AS is_flat
   FROM documents
+), parsed AS (
+  SELECT *, {_ERROR} AS error FROM shaped
 )
-SELECT *, {_ERROR} AS error FROM shaped
-"""
-
-_STREAM_ROWS = f"""
 SELECT
+  error,
   CASE WHEN is_event THEN {_v('data_company_name')} ELSE {_flat('company_name')} END AS company_name,
   CASE WHEN is_event THEN {_EVENT_NUMBER} ELSE {_flat('company_number')} END AS company_number,
   CASE WHEN is_event THEN {_v('data_company_status')} ELSE {_flat('company_status')} END AS company_status,
-  CAST(CASE WHEN is_event THEN {_v('data_date_of_creation')} ELSE {_flat('date_of_creation')} END AS DATE) AS date_of_creation,
+  TRY_CAST(CASE WHEN is_event THEN {_v('data_date_of_creation')} ELSE {_flat('date_of_creation')} END AS DATE) AS date_of_creation,
   CASE WHEN is_event THEN {_v('address_postal_code')} ELSE {_flat('postal_code')} END AS postal_code,
-  CAST(CASE WHEN is_event THEN {_v('event_published_at')} ELSE {_flat('published_at')} END AS TIMESTAMPTZ) AS published_at,
+  TRY_CAST(CASE WHEN is_event THEN {_v('event_published_at')} ELSE {_flat('published_at')} END AS TIMESTAMPTZ) AS published_at,
   CASE WHEN is_event THEN {_v('event_type')} ELSE 'changed' END AS event_type,
-  CASE WHEN is_event THEN CAST({_v('timepoint')} AS BIGINT) END AS timepoint,
+  CASE WHEN is_event THEN TRY_CAST({_v('timepoint')} AS BIGINT) END AS timepoint,
   CASE WHEN is_event THEN {_v('resource_kind')} END AS resource_kind,
   kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
-  text AS raw_event
-FROM parsed WHERE error IS NULL ORDER BY kafka_partition, kafka_offset
+  CASE WHEN error IS NULL THEN text END AS raw_event,
+  CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
+  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64
+FROM parsed
 """
 
-_REJECT_ROWS = """
-SELECT kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
-  base64(kafka_key) AS kafka_key, base64(value) AS raw_value_base64, error,
-  $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at
-FROM parsed WHERE error IS NOT NULL ORDER BY kafka_partition, kafka_offset
-"""
+
+@functools.cache
+def _engine() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per process (its JSON extension loads once); each parse uses a cursor."""
+    return duckdb.connect(":memory:")
 
 
 def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
     """(stream rows, reject rows) of an Arrow table in ``RAW_SCHEMA``; every message is in exactly one."""
-    with duckdb.connect() as con:
+    with _engine().cursor() as con:
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
-        con.execute(_PARSED)
-        parameters = {"stream_partition": stream_partition, "ingested_at": ingested_at}
-        rows = con.sql(_STREAM_ROWS, params=parameters).to_arrow_table()
-        rejects = con.sql(_REJECT_ROWS, params=parameters).to_arrow_table()
-    return rows.cast(STREAM_SCHEMA), rejects.cast(REJECT_SCHEMA)
+        parsed = con.sql(_PARSE, params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()
+    good = pc.is_null(parsed.column("error"))
+    rows = parsed.filter(good).select(STREAM_SCHEMA.names).cast(STREAM_SCHEMA)
+    rejects = parsed.filter(pc.invert(good)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
+    return rows, rejects
 
 
 class StreamBatchBuilder:
@@ -204,17 +210,13 @@ class StreamBatchBuilder:
 
     def add(self, messages: Iterable[Any]) -> None:
         """Add confluent-kafka ``Message``s (anything with value/key/partition/offset/timestamp)."""
-        columns: tuple[list, ...] = ([], [], [], [], [])
-        partitions, offsets, timestamps, keys, values = columns
-        for message in messages:
-            value, key = message.value(), message.key()
-            kind, millis = message.timestamp()
-            partitions.append(message.partition())
-            offsets.append(message.offset())
-            timestamps.append(None if kind == 0 or millis < 0 else millis)  # 0: TIMESTAMP_NOT_AVAILABLE
-            keys.append(key)
-            values.append(value)
-            self.bytes += len(value or b"") + len(key or b"")
+        messages = list(messages)
+        values = [m.value() for m in messages]
+        keys = [m.key() for m in messages]
+        # (kind, millis); kind 0 is TIMESTAMP_NOT_AVAILABLE.
+        timestamps = [None if kind == 0 or millis < 0 else millis for kind, millis in (m.timestamp() for m in messages)]
+        columns = [[m.partition() for m in messages], [m.offset() for m in messages], timestamps, keys, values]
+        self.bytes += sum(len(v) for v in values if v) + sum(len(k) for k in keys if k)
         self._chunks.append(pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RAW_SCHEMA)], schema=RAW_SCHEMA))
         self._parsed = None
 
