@@ -39,7 +39,11 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
     group_name="warehouse",
     kinds={"csv", "duckdb", "bigquery"},
-    automation_condition=dg.AutomationCondition.on_missing(),
+    # Loaded once when missing (a fresh warehouse); a failed load is not retried in a loop. A new
+    # monthly file is loaded by materializing it (run config `source`, or CH_BULK_CSV).
+    automation_condition=(
+        dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.execution_failed()
+    ).with_label("missing"),
     description="Companies House bulk snapshot (BasicCompanyDataAsOneFile, monthly), cleaned: one row per "
     "company, statuses and postcodes in the stream's form. The core table's first build starts from it.",
     metadata={

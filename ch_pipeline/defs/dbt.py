@@ -53,16 +53,18 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
-# Declarative automation (DESIGN §7, §11). `eager()` alone never fires below a growing dynamic
-# partition set: the newest stream partition exists (so counts as missing) before its run ends, and
-# then it is in progress. Without those two guards the models run once per batch of new partitions;
-# `since_last_handled` keeps it to one request per update. The bulk table must exist first: the
-# core's first build is the bulk baseline.
+# Declarative automation (DESIGN §7, §11). `eager()` never fires below a growing dynamic partition
+# set: the newest stream partition exists (so counts as missing) before its run ends, and then it is
+# in progress. This is eager() without those two guards, plus "missing" as a trigger so the first
+# build happens once the bulk table is there (the core's first build starts from it).
+# `since_last_handled` keeps it to one request per update.
+bulk_is_missing = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(
+    dg.AssetSelection.assets(BULK_TABLE)
+)
 after_new_stream_data = (
-    dg.AutomationCondition.eager()
-    .without(~dg.AutomationCondition.any_deps_missing())
-    .without(~dg.AutomationCondition.any_deps_in_progress())
-    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(dg.AssetSelection.assets(BULK_TABLE))
+    (dg.AutomationCondition.missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    & ~dg.AutomationCondition.in_progress()
+    & ~bulk_is_missing
 ).with_label("after new stream data")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in

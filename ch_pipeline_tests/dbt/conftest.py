@@ -1,0 +1,41 @@
+"""A DuckDB warehouse with the bulk table loaded by the real asset, and dbt pointed at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.defs.bulk import company_house_bulk
+from ch_pipeline.defs.resources import WarehouseResource
+
+BULK_COMPANIES = 10_000
+
+
+@pytest.fixture(scope="session")
+def bulk_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sample(tmp_path_factory.mktemp("bulk") / "BasicCompanyDataAsOneFile-test.csv", BULK_COMPANIES, seed=3)
+
+
+def configure_environment(env: pytest.MonkeyPatch, root: Path) -> Path:
+    """Point settings.py, the resources and the dbt profile (a subprocess: it reads env) at a new DuckDB file."""
+    path = root / "warehouse.duckdb"
+    env.setenv("CH_DATA_DIR", str(root))
+    env.setenv("CH_DUCKDB_PATH", str(path))
+    env.setenv("CH_WAREHOUSE", "duckdb")
+    env.delenv("DBT_TARGET", raising=False)
+    env.delenv("CH_BULK_CSV", raising=False)
+    return path
+
+
+def load_bulk(db: Path, bulk_csv: Path, instance: dg.DagsterInstance | None = None) -> None:
+    """The bulk table, loaded by a real run of company_house_bulk."""
+    result = dg.materialize(
+        [company_house_bulk],
+        instance=instance,
+        resources={"warehouse": WarehouseResource(duckdb_path=str(db))},
+        run_config={"ops": {"company_house_bulk": {"config": {"source": str(bulk_csv)}}}},
+    )
+    assert result.success
