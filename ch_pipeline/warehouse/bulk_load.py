@@ -68,8 +68,8 @@ def _postcode_sql(value: str, dialect: Dialect) -> str:
 def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
     """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `raw_relation`.
 
-    One row per company: the published file has none twice, but a repeat must not break the
-    core's unique key, so the first occurrence wins.
+    One row per company: the published file has no company twice, but a repeat must not break the
+    core's unique key; which row is kept is deterministic (the greatest name), on both engines.
     """
     col = {ours: column_name(theirs) for ours, theirs in BULK_SOURCE_COLUMNS.items()}
     created = dialect.parse_dmy_date(col["date_of_creation"])
@@ -86,7 +86,8 @@ def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
     return (
         f"select\n  {select_list}\nfrom {raw_relation}\n"
         f"where nullif(trim({col['company_number']}), '') is not null\n"
-        f"qualify row_number() over (partition by upper(trim({col['company_number']}))) = 1"
+        f"qualify row_number() over (\n"
+        f"  partition by upper(trim({col['company_number']})) order by trim({col['company_name']}) desc\n) = 1"
     )
 
 
@@ -171,7 +172,8 @@ def load_bigquery(client, dataset: str, source: str, table: str = BULK_TABLE, pr
         source_format=bigquery.SourceFormat.CSV,
         skip_leading_rows=1,
         schema=[bigquery.SchemaField(name, "STRING") for name in STAGING_COLUMNS],
-        allow_quoted_newlines=True,
+        # No allow_quoted_newlines: the published file has none, and the offline emulator refuses
+        # the option (deploy/bigquery-emulator.md); a stray one fails the job loudly, losing nothing.
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
     )
     with local_csv(source, progress) as path, path.open("rb") as stream:

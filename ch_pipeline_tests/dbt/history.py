@@ -88,13 +88,14 @@ def parse_bulk_csv(path: Path) -> dict[str, CoreRow]:
         at = {name: header.index(name) for name in ("CompanyName", "CompanyNumber", "CompanyStatus", "IncorporationDate", "RegAddress.PostCode")}
         for record in reader:
             number = record[at["CompanyNumber"]].strip().upper()
-            if not number or number in rows:
-                continue
+            name = record[at["CompanyName"]].strip() or None
+            if not number or (number in rows and (rows[number][0] or "") >= (name or "")):
+                continue  # a repeated number keeps the greatest name (the loader's rule)
             status = record[at["CompanyStatus"]].strip().lower()
             created = _dmy(record[at["IncorporationDate"]])
             postcode = re.sub(r"\s+", " ", record[at["RegAddress.PostCode"]].strip().upper()) or None
             rows[number] = (
-                record[at["CompanyName"]].strip() or None,
+                name,
                 BULK_STATUS_TO_STREAM.get(status, re.sub(r"[^a-z0-9]+", "-", status) or None),
                 created,
                 postcode,
