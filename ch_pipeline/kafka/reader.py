@@ -40,6 +40,9 @@ def read_ranges(
             # Never jump elsewhere: an offset out of range is an error, not a silent reset.
             "auto.offset.reset": "error",
             "fetch.wait.max.ms": 50,
+            # Large fetches: a range is read start to end, as fast as the client can decode it.
+            "max.partition.fetch.bytes": 16 << 20,
+            "fetch.max.bytes": 64 << 20,
         }
     )
     try:

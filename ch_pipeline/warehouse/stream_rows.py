@@ -20,6 +20,7 @@ ISO ``YYYY-MM-DD``; ``published_at`` ISO, UTC when it carries no offset.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -199,13 +200,18 @@ def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: dateti
 
 
 class StreamBatchBuilder:
-    """Collects the messages of one stream partition, then parses them all at once."""
+    """Parses the messages of one stream partition chunk by chunk, into stream and reject tables.
+
+    Each chunk is parsed on a worker thread while the caller reads the next one from Kafka
+    (DuckDB releases the GIL), so parsing costs little beyond the read itself.
+    """
 
     def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
         self.stream_partition = stream_partition
         self.ingested_at = ingested_at
         self.bytes = 0
-        self._chunks: list[pa.RecordBatch] = []
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-rows")
+        self._pending: list[Future] = []
         self._parsed: tuple[pa.Table, pa.Table] | None = None
 
     def add(self, messages: Iterable[Any]) -> None:
@@ -217,13 +223,20 @@ class StreamBatchBuilder:
         timestamps = [None if kind == 0 or millis < 0 else millis for kind, millis in (m.timestamp() for m in messages)]
         columns = [[m.partition() for m in messages], [m.offset() for m in messages], timestamps, keys, values]
         self.bytes += sum(len(v) for v in values if v) + sum(len(k) for k in keys if k)
-        self._chunks.append(pa.RecordBatch.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RAW_SCHEMA)], schema=RAW_SCHEMA))
+        raw = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RAW_SCHEMA)], schema=RAW_SCHEMA)
+        self._pending.append(self._worker.submit(parse_raw_messages, raw, self.stream_partition, self.ingested_at))
         self._parsed = None
 
     def _parse(self) -> tuple[pa.Table, pa.Table]:
         if self._parsed is None:
-            raw = pa.Table.from_batches(self._chunks, schema=RAW_SCHEMA)
-            self._parsed = parse_raw_messages(raw, self.stream_partition, self.ingested_at)
+            try:
+                parts = [future.result() for future in self._pending]
+            finally:
+                self._worker.shutdown(wait=False)
+            self._parsed = (
+                pa.concat_tables([rows for rows, _ in parts]) if parts else STREAM_SCHEMA.empty_table(),
+                pa.concat_tables([rejects for _, rejects in parts]) if parts else REJECT_SCHEMA.empty_table(),
+            )
         return self._parsed
 
     def stream_table(self) -> pa.Table:
