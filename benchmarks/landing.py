@@ -48,7 +48,7 @@ def produce_events(bootstrap: str, count: int) -> dict[int, int]:
             except BufferError:
                 producer.poll(0.05)
     assert producer.flush(120) == 0
-    return probe_offsets({"bootstrap.servers": bootstrap}, TOPIC, {})[1]
+    return probe_offsets({"bootstrap.servers": bootstrap}, TOPIC)[1]
 
 
 def land_ours(bootstrap: str, key: str, path: Path) -> int:

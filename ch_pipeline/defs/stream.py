@@ -81,7 +81,14 @@ def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
 
 def read_cursor(cursor: str | None) -> dict[int, int]:
     """The sensor cursor: next offset to cut per Kafka partition, JSON ``{"0": 1350, "1": 900}``."""
-    return {int(partition): int(offset) for partition, offset in json.loads(cursor).items()} if cursor else {}
+    if not cursor:
+        return {}
+    try:
+        return {int(partition): int(offset) for partition, offset in json.loads(cursor).items()}
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise ValueError(
+            f"sensor cursor {cursor!r} is not JSON {{kafka_partition: next_offset}}: set a valid one in the UI"
+        ) from exc
 
 
 def write_cursor(offsets: dict[int, int]) -> str:
@@ -107,7 +114,7 @@ def build_kafka_sensor(
     def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
         cursor = read_cursor(context.cursor)
         try:
-            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, cursor, timeout=probe_timeout_seconds)
+            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, timeout=probe_timeout_seconds)
         except (KafkaUnavailable, TopicMissing) as exc:
             return dg.SkipReason(str(exc))
         starts = {}
@@ -118,6 +125,11 @@ def build_kafka_sensor(
                 context.log.warning(
                     f"Kafka partition {partition}: offsets {cursor[partition]}-{low - 1} were deleted by retention "
                     "before they were landed; continuing from the first retained offset"
+                )
+            if cursor.get(partition, 0) > ends[partition]:
+                context.log.warning(
+                    f"Kafka partition {partition} ends at {ends[partition]}, before the cursor's {cursor[partition]}: "
+                    "was the topic recreated? Reset the sensor cursor to land the new messages"
                 )
         batches = cut_batches(starts, ends, max_batch_messages)
         if not batches:

@@ -112,16 +112,16 @@ def topic_partitions(consumer: Consumer, topic: str, timeout: float) -> list[int
     return sorted(found.partitions)
 
 
-def probe_offsets(
-    config: Mapping[str, str], topic: str, cursor: Mapping[int, int], timeout: float = 10.0
-) -> tuple[dict[int, int], dict[int, int]]:
+def probe_offsets(config: Mapping[str, str], topic: str, timeout: float = 10.0) -> tuple[dict[int, int], dict[int, int]]:
     """(first retained offset, end offset = next offset to be written) per Kafka partition.
 
     The reported high watermark is exact on Apache Kafka, but the local broker reports the first
     offset of the last record batch + 1 (DESIGN §9). So the high watermark is used only as a lower
-    bound: a short-lived consumer reads forward from ``max(cursor, high - 1)`` to the
-    end-of-partition event, whose offset is the true end on both. On Kafka that reads at most one
-    message per partition; on the local broker at most the last record batch. Never the backlog.
+    bound: a short-lived consumer reads forward from ``high - 1`` to the end-of-partition event,
+    whose offset is the true end on both. On Kafka that reads at most one message per partition;
+    on the local broker at most the last record batch. Never the backlog, and independent of any
+    cursor (the local broker never answers a fetch past the end, where Kafka would say
+    OFFSET_OUT_OF_RANGE, so starting from a cursor past the end would wait forever).
     """
     errors: list[KafkaError] = []
     consumer = Consumer(
@@ -142,24 +142,27 @@ def probe_offsets(
         }
     )
     try:
-        try:
-            partitions = topic_partitions(consumer, topic, timeout)
-        except KafkaException as exc:
-            cause = errors[-1].str() if errors else str(exc)
-            raise KafkaUnavailable(f"Kafka at {config.get('bootstrap.servers')} did not answer: {cause}") from exc
-        lows: dict[int, int] = {}
-        ends: dict[int, int] = {}
-        starts: list[TopicPartition] = []
-        for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-            lows[partition] = low
-            ends[partition] = max(high, low)
-            start = max(cursor.get(partition, 0), high - 1, low)
-            starts.append(TopicPartition(topic, partition, start))
-        ends.update(_read_to_eof(consumer, starts, timeout))
-        return lows, ends
+        return _probe(consumer, topic, timeout)
+    except KafkaException as exc:
+        cause = errors[-1].str() if errors else str(exc)
+        raise KafkaUnavailable(f"Kafka at {config.get('bootstrap.servers')} did not answer: {cause}") from exc
     finally:
         consumer.close()
+
+
+def _probe(consumer: Consumer, topic: str, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
+    partitions = topic_partitions(consumer, topic, timeout)
+    lows: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    starts: list[TopicPartition] = []
+    for partition in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        lows[partition] = low
+        ends[partition] = max(high, low)
+        start = max(high - 1, low)
+        starts.append(TopicPartition(topic, partition, start))
+    ends.update(_read_to_eof(consumer, starts, timeout))
+    return lows, ends
 
 
 def _read_to_eof(consumer: Consumer, starts: list[TopicPartition], timeout: float) -> dict[int, int]:

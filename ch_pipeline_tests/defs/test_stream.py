@@ -165,3 +165,15 @@ def test_definitions_wire_the_sensor_and_the_lineage():
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("company_house_topic") in graph.get(company_house_stream.key).parent_keys
     assert dg.AssetKey("companies_house_streaming_api") in graph.get(dg.AssetKey("company_house_topic")).parent_keys
+
+
+def test_a_cursor_past_the_end_cuts_nothing_and_says_why(instance, kafka):
+    """E.g. the topic was recreated: nothing is cut from offsets that do not exist."""
+    produce_filler(kafka.bootstrap_servers, kafka.topic, {0: 3, 1: 3})
+    result = tick(build_kafka_sensor(), instance, kafka, cursor='{"0": 50, "1": 3}')
+    assert not result.run_requests and "no new messages" in result.skip_reason.skip_message
+
+
+def test_a_corrupt_cursor_is_a_clear_error(instance, kafka):
+    with pytest.raises(Exception, match="is not JSON"):
+        tick(build_kafka_sensor(), instance, kafka, cursor="p0:17")
