@@ -2,7 +2,7 @@
     materialized='incremental',
     incremental_strategy='merge',
     unique_key='company_number',
-    post_hook="{{ ch_dbt.remove_deleted_companies() }}",
+    merge_delete_when="DBT_INTERNAL_SOURCE.merge_action = 'delete'",
 ) }}
 {#- The current state of every company (DESIGN §6): the bulk snapshot as baseline, the stream's
     events merged on top. The merge source has one row per company (the snapshot guarantees it),
@@ -12,7 +12,9 @@
 
 {% if is_incremental() %}
 
+-- Upserts: the newest event is a `changed` newer than the row held and than any deletion.
 select
+    'upsert' as merge_action,
     snapshot.company_name,
     snapshot.company_number,
     snapshot.company_status,
@@ -30,6 +32,25 @@ where snapshot.event_type = 'changed'
        or {{ ch_dbt.event_is_newer('snapshot.published_at', 'snapshot.kafka_offset', 'core.last_published_at', 'core.last_kafka_offset') }})
   and (tombstone.company_number is null
        or {{ ch_dbt.event_is_newer('snapshot.published_at', 'snapshot.kafka_offset', 'tombstone.deleted_published_at', 'tombstone.deleted_kafka_offset') }})
+
+union all
+
+-- Deletions: the newest event is a `deleted` newer than the row held (the merge removes the row).
+-- merge_action is not a column of the table: the merge lists the table's columns only.
+select
+    'delete' as merge_action,
+    core.company_name,
+    core.company_number,
+    core.company_status,
+    core.date_of_creation,
+    core.postal_code,
+    core.month_of_creation,
+    core.last_published_at,
+    core.last_kafka_offset
+from {{ ref('snapshot_streamed_data') }} as snapshot
+join {{ this }} as core on core.company_number = snapshot.company_number
+where snapshot.event_type = 'deleted'
+  and {{ ch_dbt.event_is_newer('snapshot.published_at', 'snapshot.kafka_offset', 'core.last_published_at', 'core.last_kafka_offset') }}
 
 {% else %}
 
