@@ -1,0 +1,203 @@
+"""The production path on the offline BigQuery emulator: same events, same core as DuckDB and as the ground truth.
+
+The generated history of the dbt tests (five stream batches over a bulk baseline, with the cases
+the tutorial got wrong) is landed batch by batch through our warehouse implementations
+(``BigQueryWarehouse.land`` and ``DuckDBWarehouse.land``), then the real dbt assets run on each
+target (``dg.materialize`` of ``ch_dbt_models``, dbt-bigquery against the emulator). After every
+batch both core tables must equal the Python ground truth, and the watermarks must agree.
+
+One emulator gap is bridged here, not in production code: the bulk asset's BigQuery load job sets
+``allow_quoted_newlines`` (the real bulk file may need it), which the emulator refuses, so this
+test loads the same staging table without that flag and then runs the production cleaning query.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from dagster_dbt.errors import DagsterDbtCliRuntimeError
+
+from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.defs.bulk import company_house_bulk
+from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
+from ch_pipeline.defs.resources import WarehouseResource
+from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key
+from ch_pipeline.warehouse.bulk_load import BIGQUERY, STAGING_COLUMNS, cleaning_select
+from ch_pipeline.warehouse.duckdb_warehouse import connect, create_stream_tables
+from ch_pipeline.warehouse.landing import LandingBatch
+from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
+from ch_pipeline_tests.bigquery_emulator import BigQueryEmulator, bigquery_dataset, bigquery_emulator  # noqa: F401
+from ch_pipeline_tests.dbt.history import Event, History, expected_core, parse_bulk_csv, read_core, read_watermark
+
+REPO = Path(__file__).resolve().parents[2]
+BULK_COMPANIES = 2_000
+
+
+def dbt_project_issues_delete() -> bool:
+    """A DELETE statement in the dbt project: real BigQuery runs it, the emulator refuses it."""
+    sql = [p.read_text() for folder in ("models", "macros") for p in (REPO / "ch_dbt" / folder).rglob("*.sql")]
+    return any(re.search(r"^\s*delete\s+from\b", text, re.IGNORECASE | re.MULTILINE) for text in sql)
+CORE_COLUMNS = "company_number, company_name, company_status, date_of_creation, postal_code, month_of_creation"
+
+
+@pytest.fixture(scope="module")
+def bulk_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sample(tmp_path_factory.mktemp("bulk") / "BasicCompanyDataAsOneFile-e2e.csv", BULK_COMPANIES, seed=3)
+
+
+@pytest.fixture
+def warehouses(bigquery_emulator: BigQueryEmulator, bigquery_dataset: str, tmp_path: Path, monkeypatch):  # noqa: F811
+    """The BigQuery (emulator) and DuckDB warehouses, with the dbt profile's two targets pointed at them."""
+    duckdb_path = tmp_path / "warehouse.duckdb"
+    for name, value in bigquery_emulator.env(bigquery_dataset).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CH_DUCKDB_PATH", str(duckdb_path))
+    monkeypatch.delenv("CH_BULK_CSV", raising=False)
+    bigquery = WarehouseResource(
+        kind="bigquery",
+        gcp_project=bigquery_emulator.project,
+        bigquery_dataset=bigquery_dataset,
+        bigquery_location=bigquery_emulator.location,
+        bigquery_api_endpoint=bigquery_emulator.endpoint,
+    )
+    return bigquery, WarehouseResource(kind="duckdb", duckdb_path=str(duckdb_path))
+
+
+def load_bulk_on_emulator(warehouse: WarehouseResource, source: Path) -> None:
+    """``load_bigquery`` minus ``allow_quoted_newlines`` (refused by the emulator), same cleaning SQL."""
+    from google.cloud import bigquery
+
+    client = warehouse.bigquery_client()
+    staging = f"{client.project}.{warehouse.bigquery_dataset}.{BULK_TABLE}_staging"
+    config = bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.CSV,
+        skip_leading_rows=1,
+        schema=[bigquery.SchemaField(name, "STRING") for name in STAGING_COLUMNS],
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+    )
+    with source.open("rb") as stream:
+        client.load_table_from_file(stream, staging, job_config=config).result()
+    target = f"{client.project}.{warehouse.bigquery_dataset}.{BULK_TABLE}"
+    client.query(f"create or replace table `{target}` as\n{cleaning_select(f'`{staging}`', BIGQUERY)}").result()
+    client.delete_table(staging, not_found_ok=True)
+
+
+def stream_row(event: Event, stream_partition: str, now: datetime) -> dict:
+    """The row the stream asset writes for an event (as ch_pipeline_tests/dbt/history.land does)."""
+    return {
+        "company_name": event.company_name,
+        "company_number": event.company_number,
+        "company_status": event.company_status,
+        "date_of_creation": event.date_of_creation,
+        "postal_code": event.postal_code,
+        "published_at": event.published_at,
+        "event_type": event.event_type,
+        "timepoint": None,
+        "resource_kind": event.resource_kind,
+        "kafka_partition": event.kafka_partition,
+        "kafka_offset": event.kafka_offset,
+        "kafka_timestamp": now,
+        "stream_partition": stream_partition,
+        "ingested_at": now,
+        "raw_event": json.dumps({"resource_kind": event.resource_kind, "company_number": event.company_number}),
+    }
+
+
+def landing_batches(events: list[Event]) -> list[LandingBatch]:
+    """The stream partitions these events land in: one per contiguous offset run of a Kafka partition."""
+    runs: list[list[Event]] = []
+    for event in sorted(events, key=lambda e: (e.kafka_partition, e.kafka_offset)):
+        last = runs[-1][-1] if runs else None
+        if last and last.kafka_partition == event.kafka_partition and last.kafka_offset + 1 == event.kafka_offset:
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    now = datetime.now(timezone.utc)
+    batches = []
+    for run in runs:
+        ranges = [OffsetRange(run[0].kafka_partition, run[0].kafka_offset, run[-1].kafka_offset)]
+        key = format_partition_key(ranges)
+        rows = pa.Table.from_pylist([stream_row(e, key, now) for e in run], schema=arrow_schema(STREAM_COLUMNS))
+        batches.append(LandingBatch(key, ranges, rows, arrow_schema(REJECT_COLUMNS).empty_table()))
+    return batches
+
+
+def run_dbt(target: str, instance: dg.DagsterInstance, monkeypatch) -> None:
+    monkeypatch.setenv("DBT_TARGET", target)
+    result = dg.materialize([ch_dbt_models], resources={"dbt": dbt_resource()}, instance=instance)
+    assert result.success, target
+    failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    assert failed == [], f"dbt tests failed on {target}: {failed}"
+
+
+def bigquery_core(warehouse: WarehouseResource) -> dict[str, tuple]:
+    client = warehouse.bigquery_client()
+    rows = client.query(f"SELECT {CORE_COLUMNS} FROM `{warehouse.bigquery_dataset}.company_house_core`").result()
+    return {row[0]: tuple(row.values())[1:] for row in rows}
+
+
+def bigquery_watermark(warehouse: WarehouseResource) -> dict[int, int]:
+    client = warehouse.bigquery_client()
+    rows = client.query(f"SELECT kafka_partition, last_offset FROM `{warehouse.bigquery_dataset}.get_last_timestamp`").result()
+    return {row[0]: row[1] for row in rows}
+
+
+@pytest.mark.xfail(
+    dbt_project_issues_delete(),
+    reason="ch_dbt issues a DELETE statement, which the emulator refuses (deploy/bigquery-emulator.md): "
+    "express the deletion as MERGE ... WHEN MATCHED THEN DELETE, which DuckDB and BigQuery both run",
+    raises=DagsterDbtCliRuntimeError,
+    strict=True,
+)
+def test_core_on_the_bigquery_emulator_equals_the_ground_truth_and_duckdb(warehouses, bulk_csv, monkeypatch):
+    bigquery, duckdb = warehouses
+    duckdb_path = Path(duckdb.duckdb_path)
+    bulk = parse_bulk_csv(bulk_csv)
+    instance = dg.DagsterInstance.ephemeral()
+
+    # Baseline: the real bulk asset on DuckDB; the same file and cleaning SQL on the emulator.
+    loaded = dg.materialize(
+        [company_house_bulk],
+        resources={"warehouse": duckdb},
+        run_config={"ops": {BULK_TABLE: {"config": {"source": str(bulk_csv)}}}},
+        instance=instance,
+    )
+    assert loaded.success
+    load_bulk_on_emulator(bigquery, bulk_csv)
+    bigquery.warehouse().create_stream_tables()
+    with connect(duckdb_path) as con:
+        create_stream_tables(con)
+
+    # No stream data yet: the core is the bulk snapshot.
+    run_dbt("bigquery", instance, monkeypatch)
+    assert bigquery_core(bigquery) == bulk
+
+    # dbt runs on BigQuery after every step (each step a separate incremental run); batches 4 and 5
+    # share one (batch 4 alone holds no company event). DuckDB gets the same landings.
+    history = History(bulk)
+    steps = [[history.batch_1], [history.batch_2], [history.batch_3], [history.batch_4, history.batch_5]]
+    for number, step in enumerate(steps, start=1):
+        events = [event for make_batch in step for event in make_batch()]
+        if history.batch_5 in step:
+            events += history.late_range  # offsets batch 3 skipped, landing after the watermark passed them
+        for batch in landing_batches(events):
+            bigquery.warehouse().land(batch)
+            duckdb.warehouse().land(batch)
+        history.log.landed.extend(events)
+
+        run_dbt("bigquery", instance, monkeypatch)
+        assert bigquery_core(bigquery) == expected_core(bulk, history.log.landed), f"BigQuery core differs from the ground truth after step {number}"
+
+    # The same landings through dbt on DuckDB: the same core, the same watermark.
+    run_dbt("duckdb", instance, monkeypatch)
+    assert read_core(duckdb_path) == bigquery_core(bigquery)
+    assert read_watermark(duckdb_path) == bigquery_watermark(bigquery) == {
+        p: max(e.kafka_offset for e in history.log.landed if e.kafka_partition == p) for p in (0, 1)
+    }
