@@ -15,6 +15,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from ch_pipeline.kafka.offsets import OffsetRange
 
 
+# Connection-level consumer errors that librdkafka recovers from on its own.
+_TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE})
+
+
 class RangeNotAvailable(RuntimeError):
     """Some offsets of the range are not (or no longer) in Kafka."""
 
@@ -56,6 +60,10 @@ def read_ranges(
             messages: list[Message] = []
             for message in batch:
                 error = message.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    if error.code() in _TRANSIENT and not error.fatal():
+                        continue  # the client reconnects by itself; the stall timer bounds the wait
+                    raise KafkaException(error)
                 partition = message.partition()
                 wanted = by_partition[partition]
                 if error is None:
@@ -64,16 +72,13 @@ def read_ranges(
                         messages.append(message)
                     if offset >= wanted.last:
                         pending.discard(partition)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    if message.offset() > wanted.last:
-                        pending.discard(partition)
-                    elif partition in pending:
-                        raise RangeNotAvailable(
-                            f"{topic} partition {partition} ends at offset {message.offset()}, "
-                            f"before the end of range {wanted}: was the topic recreated?"
-                        )
-                else:
-                    raise KafkaException(error)
+                elif message.offset() > wanted.last:
+                    pending.discard(partition)  # end of partition past the range: nothing more to wait for
+                elif partition in pending:
+                    raise RangeNotAvailable(
+                        f"{topic} partition {partition} ends at offset {message.offset()}, "
+                        f"before the end of range {wanted}: was the topic recreated?"
+                    )
             if messages:
                 yield messages
             if batch:
