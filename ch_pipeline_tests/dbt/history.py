@@ -136,8 +136,8 @@ def create_stream_table(db_path: Path) -> None:
         con.execute(duckdb_ddl(STREAM_TABLE, STREAM_COLUMNS))
 
 
-def land(db_path: Path, events: list[Event], stream_partition: str) -> None:
-    """Write the rows the stream asset would write for these events (replacing the partition's rows)."""
+def stream_rows(events: list[Event], stream_partition: str) -> pa.Table:
+    """The rows the stream asset would land for these events."""
     now = datetime.now(timezone.utc)
     rows = [
         {
@@ -159,7 +159,12 @@ def land(db_path: Path, events: list[Event], stream_partition: str) -> None:
         }
         for e in events
     ]
-    batch = pa.Table.from_pylist(rows, schema=arrow_schema(STREAM_COLUMNS))  # noqa: F841 (scanned by DuckDB)
+    return pa.Table.from_pylist(rows, schema=arrow_schema(STREAM_COLUMNS))
+
+
+def land(db_path: Path, events: list[Event], stream_partition: str) -> None:
+    """Land the events into DuckDB like the stream asset (replacing the partition's rows)."""
+    batch = stream_rows(events, stream_partition)  # noqa: F841 (scanned by DuckDB by name)
     with duckdb.connect(str(db_path)) as con:
         con.execute(f"delete from {STREAM_TABLE} where stream_partition = ?", [stream_partition])
         con.execute(f"insert into {STREAM_TABLE} by name select * from batch")
