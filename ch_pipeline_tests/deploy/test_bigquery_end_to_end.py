@@ -2,9 +2,10 @@
 
 The generated history of the dbt tests (five stream batches over a bulk baseline, with the cases
 the tutorial got wrong) is landed batch by batch through our warehouse implementations
-(``BigQueryWarehouse.land`` and ``DuckDBWarehouse.land``), then the real dbt assets run on each
-target (``dg.materialize`` of ``ch_dbt_models``, dbt-bigquery against the emulator). After every
-batch both core tables must equal the Python ground truth, and the watermarks must agree.
+(``BigQueryWarehouse.land``, and ``DuckDBWarehouse.land`` alike), and the real dbt assets run
+(``dg.materialize`` of ``ch_dbt_models``; dbt-bigquery against the emulator). After every
+incremental step the BigQuery core equals the Python ground truth of the DuckDB dbt tests; at the
+end dbt on DuckDB, over the same landings, gives the same core and the same watermark.
 
 One emulator gap is bridged here, not in production code: the bulk asset's BigQuery load job sets
 ``allow_quoted_newlines`` (the real bulk file may need it), which the emulator refuses, so this
@@ -14,14 +15,12 @@ test loads the same staging table without that flag and then runs the production
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pytest
-from dagster_dbt.errors import DagsterDbtCliRuntimeError
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.bulk import company_house_bulk
@@ -35,15 +34,7 @@ from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, STREAM_COLU
 from ch_pipeline_tests.bigquery_emulator import BigQueryEmulator, bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.history import Event, History, expected_core, parse_bulk_csv, read_core, read_watermark
 
-REPO = Path(__file__).resolve().parents[2]
 BULK_COMPANIES = 2_000
-
-
-def dbt_project_issues_delete() -> bool:
-    """A DELETE statement in the dbt project: real BigQuery runs it, the emulator refuses it."""
-    sql = [p.read_text() for folder in ("models", "macros") for p in (REPO / "ch_dbt" / folder).rglob("*.sql")]
-    return any(re.search(r"^\s*delete\s+from\b", text, re.IGNORECASE | re.MULTILINE) for text in sql)
-CORE_COLUMNS = "company_number, company_name, company_status, date_of_creation, postal_code, month_of_creation"
 
 
 @pytest.fixture(scope="module")
@@ -149,13 +140,6 @@ def bigquery_watermark(warehouse: WarehouseResource) -> dict[int, int]:
     return {row[0]: row[1] for row in rows}
 
 
-@pytest.mark.xfail(
-    dbt_project_issues_delete(),
-    reason="ch_dbt issues a DELETE statement, which the emulator refuses (deploy/bigquery-emulator.md): "
-    "express the deletion as MERGE ... WHEN MATCHED THEN DELETE, which DuckDB and BigQuery both run",
-    raises=DagsterDbtCliRuntimeError,
-    strict=True,
-)
 def test_core_on_the_bigquery_emulator_equals_the_ground_truth_and_duckdb(warehouses, bulk_csv, monkeypatch):
     bigquery, duckdb = warehouses
     duckdb_path = Path(duckdb.duckdb_path)
