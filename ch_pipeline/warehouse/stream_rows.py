@@ -65,10 +65,13 @@ _PATHS = {
     "flat_postal_code": "$.postal_code",
     "flat_published_at": "$.published_at",
 }
+# Objects are only type-checked: extracting their text would copy most of the message again.
+_OBJECTS = {"event", "data", "address"}
+_VALUE_PATHS = {name: path for name, path in _PATHS.items() if name not in _OBJECTS}
 # DuckDB lists are 1-based; the type list t starts with the document's own type ('$').
 _TYPE_PATHS = ["$", *_PATHS.values()]
 _T_INDEX = {name: position + 2 for position, name in enumerate(_PATHS)}
-_V_INDEX = {name: position + 1 for position, name in enumerate(_PATHS)}
+_V_INDEX = {name: position + 1 for position, name in enumerate(_VALUE_PATHS)}
 
 
 def _t(name: str) -> str:
@@ -153,7 +156,7 @@ WITH decoded AS (
   SELECT *, TRY(json_type(text, {_TYPE_PATHS})) AS t FROM decoded
 ), documents AS (
   SELECT *, t[1] AS doc_type,
-         CASE WHEN t IS NOT NULL THEN json_extract_string(text, {list(_PATHS.values())}) END AS v
+         CASE WHEN t IS NOT NULL THEN json_extract_string(text, {list(_VALUE_PATHS.values())}) END AS v
   FROM typed
 ), shaped AS (
   SELECT *, {_t('event')} IS NOT NULL OR {_t('resource_kind')} IS NOT NULL AS is_event,
