@@ -95,6 +95,20 @@ def kafka_overrides() -> dict[str, str]:
     return {key: value for name, key in KAFKA_ENV_OVERRIDES.items() if (value := _env(name))}
 
 
+def sensor_interval_seconds(default: int) -> int:
+    """``CH_SENSOR_INTERVAL_SECONDS``: how often the Kafka and automation sensors tick.
+
+    Read when the code location loads (sensor intervals are part of the definitions). The default
+    suits production (a run costs ~5 s of a 2-core machine, DESIGN §11); demos and tests shorten it.
+    """
+    value = _env("CH_SENSOR_INTERVAL_SECONDS")
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"CH_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {value!r}")
+    return int(value)
+
+
 def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     """Dagster resource value: ``EnvVar(name)`` when the variable is set, else the local default.
 
