@@ -16,6 +16,7 @@ import click
 _COMMANDS = {
     "broker": "ch_pipeline.cli:broker_command",
     "run": "ch_pipeline.local_stack:run_command",
+    "demo": "ch_pipeline.local_stack:demo_command",
     "replay-server": "ch_pipeline.companies_house.replay_server:replay_server_command",
     "produce": "ch_pipeline.kafka.producer:produce_command",
 }
