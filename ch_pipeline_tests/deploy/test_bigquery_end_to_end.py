@@ -35,6 +35,7 @@ from ch_pipeline_tests.bigquery_emulator import BigQueryEmulator, bigquery_datas
 from ch_pipeline_tests.dbt.history import Event, History, expected_core, parse_bulk_csv, read_core, read_watermark
 
 BULK_COMPANIES = 2_000
+CORE_COLUMNS = "company_number, company_name, company_status, date_of_creation, postal_code, month_of_creation"
 
 
 @pytest.fixture(scope="module")
