@@ -116,6 +116,17 @@ class BigQueryEmulator:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _die_with_parent() -> None:
+    """Linux: the emulator gets SIGTERM when the test process dies, even if it is killed before
+    fixture teardown (a CI timeout), so no server outlives its session."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _healthy(endpoint: str) -> bool:
     try:
         with urllib.request.urlopen(f"{endpoint}/_crucible/health", timeout=1) as response:
@@ -147,7 +158,9 @@ def running_emulator(database: Path, log_path: Path, port: int | None = None) ->
         "--database", str(database),
     ]  # fmt: skip
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy())
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(), preexec_fn=_die_with_parent
+        )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _healthy(emulator.endpoint):
