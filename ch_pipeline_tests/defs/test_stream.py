@@ -160,8 +160,10 @@ def test_a_missing_topic_gives_a_skip_reason(instance, broker, topic_name):
 def test_definitions_wire_the_sensor_and_the_lineage():
     from ch_pipeline.definitions import defs
 
-    sensor = defs.get_sensor_def("company_house_kafka_sensor")
+    sensor = defs.resolve_sensor_def("company_house_kafka_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.job_name == "company_house_stream_job"
+    assert defs.resolve_job_def("company_house_stream_job").executor_def.name == "in_process"
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("company_house_topic") in graph.get(company_house_stream.key).parent_keys
     assert dg.AssetKey("companies_house_streaming_api") in graph.get(dg.AssetKey("company_house_topic")).parent_keys
