@@ -8,6 +8,7 @@ records any network connection or DNS lookup made by Python while the definition
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,7 +102,9 @@ def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_definitions_validate_with_production_env_and_no_network(image_tree: Path, tmp_path: Path):
+@pytest.fixture
+def guarded_production_env(image_tree: Path, tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """Environment of a process in the image: production variables, the network guard, an instance."""
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(NETWORK_GUARD)
@@ -119,6 +122,11 @@ def test_definitions_validate_with_production_env_and_no_network(image_tree: Pat
         "DAGSTER_HOME": str(dagster_home),
         **production_env(tmp_path),
     }
+    return env, network_log
+
+
+def test_definitions_validate_with_production_env_and_no_network(image_tree: Path, guarded_production_env):
+    env, network_log = guarded_production_env
     where = subprocess.run([sys.executable, "-c", "import ch_pipeline; print(ch_pipeline.__file__)"], cwd=image_tree, env=env, capture_output=True, text=True)
     assert where.stdout.startswith(str(image_tree)), f"the check must load the image-shaped copy: {where.stdout}{where.stderr}"
     result = subprocess.run(
@@ -129,6 +137,34 @@ def test_definitions_validate_with_production_env_and_no_network(image_tree: Pat
     assert result.returncode == 0, output[-4000:]
     assert "All code locations passed validation" in output, output[-2000:]
     assert network_log.read_text() == "", f"definitions touched the network while loading:\n{network_log.read_text()}"
+
+
+PRODUCTION_SHAPE = """
+import json
+import dagster as dg
+from ch_pipeline.definitions import defs
+
+with dg.build_resources({name: defs.resources[name] for name in ("warehouse", "kafka", "dbt")}) as resources:
+    print(json.dumps({
+        "sensors": {s.name: s.default_status.value for s in defs.sensors},
+        "warehouse": [resources.warehouse.kind, resources.warehouse.gcp_project, resources.warehouse.bigquery_dataset],
+        "kafka_config_file": resources.kafka.config_file,
+        "dbt_target": resources.dbt.target,
+    }))
+"""
+
+
+def test_production_env_selects_bigquery_confluent_and_running_sensors(image_tree: Path, guarded_production_env):
+    """What the daemon gets: sensors RUNNING without a click in the UI, BigQuery, the Kafka file, dbt's bigquery target."""
+    env, network_log = guarded_production_env
+    result = subprocess.run([sys.executable, "-c", PRODUCTION_SHAPE], cwd=image_tree, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shape = json.loads(result.stdout.strip().splitlines()[-1])
+    assert shape["sensors"] and set(shape["sensors"].values()) == {"RUNNING"}, shape["sensors"]
+    assert shape["warehouse"] == ["bigquery", "ch-pipeline-prod-test", "company_house"]
+    assert shape["kafka_config_file"] == env["KAFKA_CONFIG_FILE"]
+    assert shape["dbt_target"] == "bigquery"
+    assert network_log.read_text() == ""
 
 
 def test_the_guard_catches_a_connection(tmp_path: Path):
