@@ -24,6 +24,7 @@ from ch_pipeline.kafka.offsets import (
     next_offsets,
     probe_offsets,
 )
+from ch_pipeline.settings import sensor_interval_seconds
 from ch_pipeline.warehouse.landing import LandingBatch, read_stream_partition
 from ch_pipeline.warehouse.schema import STREAM_COLUMNS
 
@@ -156,4 +157,6 @@ def build_kafka_sensor(
     return kafka_sensor
 
 
-company_house_kafka_sensor = build_kafka_sensor()
+company_house_kafka_sensor = build_kafka_sensor(
+    minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS)
+)

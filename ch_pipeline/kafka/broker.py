@@ -120,7 +120,8 @@ class LocalBroker:
         return create_topic(self.bootstrap_servers, name, partitions)
 
     def add_partitions(self, name: str, total_partitions: int) -> None:
-        futures = self.admin().create_partitions([NewPartitions(name, total_partitions)])
+        admin = self.admin()  # keep the client alive until its futures resolve
+        futures = admin.create_partitions([NewPartitions(name, total_partitions)])
         for future in futures.values():
             future.result(timeout=10)
 
