@@ -12,6 +12,23 @@ from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
 
 BULK_COMPANIES = 10_000
+DBT_MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp"}
+
+
+class Ticks:
+    """Successive evaluations of the project's automation conditions sharing a cursor, like the sensor's ticks."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        from ch_pipeline.definitions import defs
+
+        self.defs = defs
+        self.instance = instance
+        self.cursor = None
+
+    def requested(self) -> set[str]:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        self.cursor = result.cursor
+        return {r.key.to_user_string() for r in result.results if r.true_subset.size > 0}
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,13 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.definitions import defs
-from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor, dbt_resource
-from ch_pipeline.defs.stream import stream_partitions
-from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
-from ch_pipeline_tests.dbt.history import create_stream_table
+from ch_pipeline.defs.bulk import company_house_bulk
+from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor
+from ch_pipeline.defs.stream import company_house_stream, stream_partitions
+from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks
 
-DBT_MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp"}
-
-
-class Ticks:
-    """Successive automation ticks sharing a cursor, like the sensor's."""
-
-    def __init__(self, instance: dg.DagsterInstance) -> None:
-        self.instance = instance
-        self.cursor = None
-
-    def requested(self) -> set[str]:
-        result = dg.evaluate_automation_conditions(defs=defs, instance=self.instance, cursor=self.cursor)
-        self.cursor = result.cursor
-        return {r.key.to_user_string() for r in result.results if r.true_subset.size > 0}
+# The sequence bulk -> first build -> one request per new stream partition, with real runs, is
+# asserted on the history in test_dbt_history.py.
 
 
 def materialized(instance: dg.DagsterInstance, *keys: str, partition: str | None = None) -> None:
@@ -42,30 +30,6 @@ def ticks():
         yield Ticks(instance)
 
 
-def test_bulk_first_then_models_after_each_new_stream_partition(ticks: Ticks, tmp_path, monkeypatch, bulk_csv):
-    """Real bulk and dbt runs for the first build (all four models in one run, as the sensor launches them)."""
-    instance = ticks.instance
-    db = configure_environment(monkeypatch, tmp_path)
-    create_stream_table(db)
-
-    def run_models() -> None:
-        assert dg.materialize([ch_dbt_models], resources={"dbt": dbt_resource()}, instance=instance).success
-
-    # Nothing exists: the bulk snapshot is loaded first; the models wait for it (the core starts from it).
-    assert ticks.requested() == {"company_house_bulk"}
-    load_bulk(db, bulk_csv, instance)
-    assert ticks.requested() == DBT_MODELS  # first build, all four in one tick
-    run_models()
-    assert ticks.requested() == set()  # nothing new: nothing runs, and a run does not retrigger itself
-
-    # A stream partition lands: snapshot -> tombstones -> core -> watermark, all in the same tick.
-    instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-99"])
-    materialized(instance, "company_house_stream", partition="p0:0-99")
-    assert ticks.requested() == DBT_MODELS
-    materialized(instance, *DBT_MODELS)
-    assert ticks.requested() == set()
-
-
 def test_models_run_while_a_newer_stream_partition_is_still_landing(ticks: Ticks):
     """DESIGN §11: eager() never fired here (the newest partition counts as missing while its run is
     in flight); the condition used fires on the partition that did land."""
@@ -76,9 +40,17 @@ def test_models_run_while_a_newer_stream_partition_is_still_landing(ticks: Ticks
     materialized(instance, "company_house_stream", partition="p0:0-99")  # p0:100-199 not landed yet
     assert ticks.requested() == DBT_MODELS
 
-    plain_eager = dg.AutomationCondition.eager()
-    graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("snapshot_streamed_data")).automation_condition != plain_eager
+    # The same instance, the same events, plain eager() on the models: nothing (DESIGN §11).
+    with_eager = dg.Definitions(
+        assets=[
+            company_house_stream,
+            company_house_bulk,
+            ch_dbt_models.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())),
+        ],
+        resources=defs.resources,
+    )
+    result = dg.evaluate_automation_conditions(defs=with_eager, instance=instance)
+    assert {r.key.to_user_string() for r in result.results if r.true_subset.size > 0} & DBT_MODELS == set()
 
 
 def test_sensor_is_running_by_default_and_policies_are_the_tutorials_deadlines():

@@ -1,7 +1,9 @@
 """The dbt assets over a generated history: after every batch the core equals the Python ground truth.
 
-Real DuckDB, real dbt (through `@dbt_assets` and `dg.materialize`), the real bulk asset. The history
-runs once per module (each dbt run costs seconds); each test asserts one property of it.
+Real DuckDB, real dbt (through `@dbt_assets` and `dg.materialize`), the real bulk asset, one real
+Dagster instance whose automation conditions are evaluated around every run (as the automation
+sensor would). The history runs once per module (each dbt run costs seconds); each test asserts
+one property of it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
-from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
+from ch_pipeline.defs.stream import stream_partitions
+from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import (
     CoreRow,
     History,
@@ -35,6 +38,8 @@ class Step:
     watermark: dict[int, int]
     landed_max_offset: dict[int, int]
     checks: dict[str, bool]
+    requested_before_run: set[str]
+    requested_after_run: set[str]
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Recording:
     steps: list[Step] = field(default_factory=list)
     tables_before_rerun: dict[str, list[tuple]] = field(default_factory=dict)
     tables_after_rerun: dict[str, list[tuple]] = field(default_factory=dict)
+    requested_on_an_empty_instance: set[str] = field(default_factory=set)
 
 
 TABLES = {"company_house_core": "company_number", "get_last_timestamp": "kafka_partition", "company_house_deletions": "company_number"}
@@ -65,19 +71,22 @@ def landed_max(history: History) -> dict[int, int]:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory, bulk_csv: Path) -> Recording:
     root = tmp_path_factory.mktemp("history")
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
         db = configure_environment(env, root)
         create_stream_table(db)
-        load_bulk(db, bulk_csv)
+        ticks = Ticks(instance)
         bulk = parse_bulk_csv(bulk_csv)
         history = History(bulk)
         recording = Recording(bulk, history)
-        instance = dg.DagsterInstance.ephemeral()
+        recording.requested_on_an_empty_instance = ticks.requested()
+        load_bulk(db, bulk_csv, instance)
 
         def record(name: str) -> None:
+            before = ticks.requested()
             checks = run_dbt(instance)
             recording.steps.append(
-                Step(name, read_core(db), expected_core(bulk, history.log.landed), read_watermark(db), landed_max(history), checks)
+                Step(name, read_core(db), expected_core(bulk, history.log.landed), read_watermark(db), landed_max(history),
+                     checks, before, ticks.requested())
             )
 
         record("bulk only")
@@ -89,6 +98,9 @@ def recording(tmp_path_factory: pytest.TempPathFactory, bulk_csv: Path) -> Recor
                 events += history.late_range  # offsets batch 3 skipped land now, after the watermark passed them
                 land(db, landed_in[1], stream_partition="batch-1")  # and batch 1 is re-landed (a re-run)
             land(db, events, stream_partition=f"batch-{number}")
+            # What the stream asset's run records: a new dynamic partition, materialized.
+            instance.add_dynamic_partitions(stream_partitions.name, [f"batch-{number}"])
+            instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", partition=f"batch-{number}"))
             history.log.landed.extend(events)
             landed_in[number] = events
             record(f"batch {number}")
@@ -142,3 +154,12 @@ def test_running_again_without_new_stream_data_changes_nothing(recording: Record
 
     # Batch 5 also re-landed batch 1 (new ingested_at): read again, and the core is still the truth.
     assert recording.steps[-1].core == recording.steps[-1].expected
+
+
+def test_automation_requests_all_four_models_after_each_new_stream_partition(recording: Recording):
+    """Bulk first (the core starts from it); then after every landed partition the four models are
+    requested in the same tick (one run, one `dbt build`); a finished run does not retrigger itself."""
+    assert recording.requested_on_an_empty_instance == {"company_house_bulk"}
+    for step in recording.steps:
+        assert step.requested_before_run == DBT_MODELS, step.name
+        assert step.requested_after_run == set(), step.name
