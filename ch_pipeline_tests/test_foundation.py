@@ -76,3 +76,12 @@ def test_dagster_definitions_validate_from_repo_root():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_config_file_with_leading_comment_and_plain_properties(tmp_path):
+    commented = tmp_path / "commented.ini"
+    commented.write_text("# Confluent Cloud\n[default]\nbootstrap.servers=b:9092\n")
+    assert read_config_file(commented) == {"bootstrap.servers": "b:9092"}
+    plain = tmp_path / "client.properties"
+    plain.write_text("# no sections\nbootstrap.servers=b:9092\nsasl.mechanisms=PLAIN\n")
+    assert read_config_file(plain)["sasl.mechanisms"] == "PLAIN"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def read_config_file(path: str | Path) -> dict[str, str]:
     text = Path(path).read_text()
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # librdkafka keys are case-sensitive
-    if not text.lstrip().startswith("["):
+    if not re.search(r"^\s*\[", text, re.MULTILINE):
         text = "[default]\n" + text
     parser.read_string(text)
     if not parser.has_section("default"):
