@@ -9,6 +9,7 @@ from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.settings import Settings
 from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
+from ch_pipeline.warehouse.duckdb_warehouse import create_stream_tables
 from ch_pipeline.warehouse.schema import BULK_COLUMNS, BULK_TABLE
 
 SAMPLE_FILE_NAME = "BasicCompanyDataAsOneFile-sample.csv"
@@ -57,11 +58,15 @@ def company_house_bulk(
 ) -> dg.MaterializeResult:
     source = bulk_source(config, Settings.from_env(), context.log)
     context.log.info(f"loading the bulk snapshot from {source}")
+    # The stream tables are created too (idempotent DDL from schema.py): the first dbt build runs
+    # as soon as the bulk table exists, and its snapshot reads the stream table, landed or not.
     if warehouse.kind == "bigquery":
         rows = load_bigquery(warehouse.bigquery_client(), warehouse.bigquery_dataset, source, progress=context.log.info)
+        warehouse.warehouse().create_stream_tables()
     else:
         with warehouse.duckdb_connection() as connection:
             rows = load_duckdb(connection, source, progress=context.log.info)
+            create_stream_tables(connection)
     return dg.MaterializeResult(
         metadata={"dagster/row_count": rows, "source": Path(source).name if "://" not in source else source}
     )

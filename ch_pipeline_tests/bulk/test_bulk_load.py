@@ -134,6 +134,8 @@ def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path,
     assert materialization.metadata["dagster/row_count"].value == 2_000
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("select count(*) from company_house_bulk").fetchall() == [(2_000,)]
+        # The dbt sources both exist after the bulk load, so the first dbt build can run at once.
+        assert con.execute("select count(*) from company_house_stream").fetchall() == [(0,)]
 
 
 def test_bigquery_load_job_gives_the_same_rows(bulk_file: Path, tmp_path: Path, bigquery_emulator, bigquery_dataset):  # noqa: F811
