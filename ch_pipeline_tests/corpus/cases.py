@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
-from ch_pipeline.companies_house.events import event_bytes
+from ch_pipeline.companies_house.events import company_number_of, event_bytes
 
 PUBLISHED_AT = "2026-11-02T10:00:00"
 
@@ -50,18 +50,21 @@ def envelope(
     published_at: str = PUBLISHED_AT,
     timepoint: int = 1000,
     resource_kind: str = "company-profile",
-    resource_uri: str | None = None,
 ) -> dict:
     """The stream's event envelope (DESIGN §3); ``data`` is left out when None (a ``deleted`` event)."""
     event: dict = {
         "resource_kind": resource_kind,
-        "resource_uri": resource_uri if resource_uri is not None else f"/company/{number}",
+        "resource_uri": f"/company/{number}",
         "resource_id": number,
         "event": {"timepoint": timepoint, "published_at": published_at, "type": event_type},
     }
     if data is not None:
         event["data"] = data
     return event
+
+
+def without(event: dict, *names: str) -> dict:
+    return {name: value for name, value in event.items() if name not in names}
 
 
 def changed(number: str, timepoint: int = 1000, published_at: str = PUBLISHED_AT, **fields) -> bytes:
@@ -112,6 +115,7 @@ class StreamCase:
     responses: tuple[Response, ...]
     expected_lines: tuple[bytes, ...]  # the event lines the client yields, in order
     expected_requests: tuple[str, ...]  # the query of each request ("" = no timepoint)
+    expected_warning: str | None = None  # what the client tells the user (None: no warning at all)
     read_timeout: float = 5.0
 
 
@@ -145,6 +149,15 @@ STREAM_CASES = [
         (Response((LINE_A + b"\n", LINE_B[: len(LINE_B) // 2]), dropped=True), Response((LINE_B + b"\n",))),
         expected_lines=(LINE_A, LINE_B),
         expected_requests=("", "timepoint=101"),
+        expected_warning="connection lost after timepoint 101",
+    ),
+    StreamCase(
+        # The body ends cleanly after half a line: the half is discarded, never taken as an event.
+        "truncated_last_line_at_a_clean_end_of_body",
+        (Response((LINE_A + b"\n", LINE_B[: len(LINE_B) // 2])), Response((LINE_B + b"\n",))),
+        expected_lines=(LINE_A, LINE_B),
+        expected_requests=("", "timepoint=101"),
+        expected_warning="discarded a truncated line",
     ),
     StreamCase(
         # A proxy's HTML error page: quoted in the log, never an event; the client backs off and retries.
@@ -152,6 +165,7 @@ STREAM_CASES = [
         (Response((HTML_503,), status=503, content_type="text/html"), Response((LINE_A + b"\n",))),
         expected_lines=(LINE_A,),
         expected_requests=("", ""),
+        expected_warning="HTTP 503 from",
     ),
 ]
 
@@ -173,24 +187,29 @@ class Reject:
     reason: str
 
 
+KEY_FROM_VALUE = "the company number in the value, as the producer keys messages"
+
+
 @dataclass(frozen=True)
 class LandingCase:
     name: str
     value: bytes | None
     expect: Row | Reject
-    key: bytes | None = b"default"  # "default": the company number of the value, like the producer
+    key: bytes | None | str = KEY_FROM_VALUE
     partition: int = 0
     bug: str | None = None  # set when the code does not meet ``expect`` yet (strict xfail)
 
     @property
     def message_key(self) -> bytes | None:
-        if self.key != b"default":
-            return self.key
+        if self.key != KEY_FROM_VALUE:
+            return self.key  # type: ignore[return-value]
         try:
             document = json.loads(self.value or b"")
         except ValueError:
             return None
-        number = (document.get("data") or {}).get("company_number") or document.get("company_number") if isinstance(document, dict) else None
+        if not isinstance(document, dict):
+            return None
+        number = company_number_of(document) or document.get("company_number")  # an event, else a flat record
         return str(number).encode() if number is not None else None
 
 
@@ -203,7 +222,9 @@ _BIG_NAME = "MEGA " * ((ONE_MB - 600) // 5)
 
 def _one_mb_event() -> bytes:
     value = changed("09000016", company_name=_BIG_NAME)
-    return value + b" " * (ONE_MB - len(value))  # JSON allows trailing whitespace: exactly 1 MB
+    padded = value + b" " * (ONE_MB - len(value))  # JSON allows trailing whitespace: exactly 1 MB
+    assert len(padded) == ONE_MB
+    return padded
 
 
 LANDING_CASES = [
@@ -214,21 +235,23 @@ LANDING_CASES = [
              "date_of_creation": date(2015, 6, 1), "postal_code": "EC1A 1BB", **_EVENT_ROW}),
     ),  # fmt: skip
     LandingCase(
+        # No key either: the number comes from resource_uri alone.
         "deleted_event_without_data",
         event_bytes(envelope("SC100002", event_type="deleted")),
         Row({"company_number": "SC100002", "event_type": "deleted", "company_name": None, "company_status": None,
              "date_of_creation": None, "postal_code": None}),
+        key=None,
     ),  # fmt: skip
     LandingCase(
         # No data and no resource_uri: the Kafka key still names the company.
         "deleted_event_numbered_only_by_key",
-        event_bytes(envelope("NI100003", event_type="deleted", resource_uri="")),
+        event_bytes(without(envelope("NI100003", event_type="deleted"), "resource_uri", "resource_id")),
         Row({"company_number": "NI100003", "event_type": "deleted"}),
         key=b"NI100003",
     ),
     LandingCase(
         "deleted_event_with_no_company_number_anywhere",
-        event_bytes(envelope("NI100004", event_type="deleted", resource_uri="")),
+        event_bytes(without(envelope("NI100004", event_type="deleted"), "resource_uri", "resource_id")),
         Reject("no company number in data, resource_uri or key"),
         key=None,
     ),
