@@ -325,6 +325,11 @@ LANDING_CASES = [
         Row({"company_number": "01000015", "published_at": utc(PUBLISHED_AT)}),
     ),
     LandingCase(
+        "event_without_published_at",
+        event_bytes(envelope("01000033", company_data("01000033")) | {"event": {"timepoint": 1000, "type": "changed"}}),
+        Reject("event.published_at missing is not an ISO timestamp"),
+    ),
+    LandingCase(
         "published_at_not_a_timestamp",
         changed("01000016", published_at="02/11/2026 10:00"),
         Reject("event.published_at 02/11/2026 10:00 is not an ISO timestamp"),
@@ -392,9 +397,13 @@ class DbtCase:
     bulk_index: int = field(default=0)  # which bulk company (by number order) the case uses
 
 
-def company_event(published_at: str, name: str, status: str, postal_code: str = "EH1 2NG") -> dict:
-    """An event's company fields; the number is filled in with the bulk company's."""
-    return {"published_at": published_at, "company_name": name, "company_status": status, "postal_code": postal_code}
+def company_event(
+    published_at: str, name: str, status: str, postal_code: str = "EH1 2NG", timepoint: int | None = None
+) -> dict:
+    """An event's company fields; the number is filled in with the bulk company's, the timepoint
+    with the next one unless given (an event sent twice repeats its timepoint)."""
+    return {"published_at": published_at, "company_name": name, "company_status": status, "postal_code": postal_code,
+            "timepoint": timepoint}  # fmt: skip
 
 
 DBT_CASES = [
@@ -420,6 +429,17 @@ DBT_CASES = [
         bulk_index=1,
     ),
     DbtCase(
+        # The API can send an event twice (DESIGN §3): two offsets, one core row.
+        "same_event_sent_twice",
+        batch_1=(),
+        batch_2=(
+            company_event("2026-11-03T09:00:00", "SENT TWICE LTD", "active", timepoint=7001),
+            company_event("2026-11-03T09:00:00", "SENT TWICE LTD", "active", timepoint=7001),
+        ),
+        expected=("SENT TWICE LTD", "active", "EH1 2NG"),
+        bulk_index=4,
+    ),
+    DbtCase(
         "older_event_after_a_newer_one",
         batch_1=(company_event("2026-11-03T09:00:00", "NEWER NAME LTD", "active"),),
         batch_2=(company_event("2026-11-01T09:00:00", "STALE NAME LTD", "dissolved", "CF10 1AA"),),
@@ -439,12 +459,25 @@ DBT_CASES = [
 ]
 
 
-def dbt_event_bytes(number: str, fields: dict, timepoint: int) -> bytes:
+def dbt_event_bytes(number: str, fields: dict, next_timepoint: int) -> bytes:
     return changed(
         number,
-        timepoint=timepoint,
+        timepoint=fields["timepoint"] or next_timepoint,
         published_at=fields["published_at"],
         company_name=fields["company_name"],
         company_status=fields["company_status"],
         registered_office_address={"postal_code": fields["postal_code"]},
     )
+
+
+# What the landing cases leave in the core after the dbt build: company number -> its core row
+# (name, status, postal_code), or None for no row.
+LANDING_OUTCOMES_IN_CORE = {
+    "01234567": ("CORPUS 01234567 LIMITED", "active", "EC1A 1BB"),  # iso_event_all_fields
+    "07000009": ("FLAT RECORD LTD", None, None),  # tutorial_flat_record_with_NA: NULLs, not "NA"
+    "01000005": ("CORPUS 01000005 LIMITED", "active", None),  # missing_registered_office_address
+    "01000007": None,  # unknown_resource_kind: landed, but not a company-profile event
+    "01000010": None,  # dd_mm_yyyy_date_in_event: rejected, so never in the core
+    "SC100002": None,  # deleted_event_without_data
+    "09000016": (_BIG_NAME, "active", "EC1A 1BB"),  # one_megabyte_message
+}
