@@ -17,7 +17,7 @@ xfail naming the bug, so fixing the bug turns it into a pass that must be kept.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from ch_pipeline.companies_house.events import company_number_of, event_bytes
@@ -387,14 +387,13 @@ LANDING_CASES = [
 
 @dataclass(frozen=True)
 class DbtCase:
-    """Events of one bulk company in batch 1 and batch 2 (each a landing run then a dbt build);
-    ``expected`` is the company's core row after batch 2: (name, status, postal_code)."""
+    """Events of one bulk company (the n-th case takes the n-th bulk company) in batch 1 and batch 2,
+    each a landing run then a dbt build; ``expected`` is its core row after batch 2: (name, status, postal_code)."""
 
     name: str
     batch_1: tuple[dict, ...]
     batch_2: tuple[dict, ...]
     expected: tuple[str | None, str | None, str | None]
-    bulk_index: int = field(default=0)  # which bulk company (by number order) the case uses
 
 
 def company_event(
@@ -415,7 +414,6 @@ DBT_CASES = [
             company_event("2026-11-03T09:00:05", "TWICE SECOND LTD", "liquidation", "G2 1AA"),
         ),
         expected=("TWICE SECOND LTD", "liquidation", "G2 1AA"),
-        bulk_index=0,
     ),
     DbtCase(
         # Equal published_at: the later Kafka offset is the later event.
@@ -426,7 +424,6 @@ DBT_CASES = [
             company_event("2026-11-03T09:00:00", "TIE SECOND LTD", "dissolved"),
         ),
         expected=("TIE SECOND LTD", "dissolved", "EH1 2NG"),
-        bulk_index=1,
     ),
     DbtCase(
         # The API can send an event twice (DESIGN §3): two offsets, one core row.
@@ -437,14 +434,12 @@ DBT_CASES = [
             company_event("2026-11-03T09:00:00", "SENT TWICE LTD", "active", timepoint=7001),
         ),
         expected=("SENT TWICE LTD", "active", "EH1 2NG"),
-        bulk_index=4,
     ),
     DbtCase(
         "older_event_after_a_newer_one",
         batch_1=(company_event("2026-11-03T09:00:00", "NEWER NAME LTD", "active"),),
         batch_2=(company_event("2026-11-01T09:00:00", "STALE NAME LTD", "dissolved", "CF10 1AA"),),
         expected=("NEWER NAME LTD", "active", "EH1 2NG"),
-        bulk_index=2,
     ),
     DbtCase(
         "older_event_after_a_newer_one_in_the_same_batch",
@@ -454,7 +449,6 @@ DBT_CASES = [
             company_event("2026-11-01T09:00:00", "STALE NAME LTD", "dissolved"),
         ),
         expected=("NEWER NAME LTD", "administration", "EH1 2NG"),
-        bulk_index=3,
     ),
 ]
 

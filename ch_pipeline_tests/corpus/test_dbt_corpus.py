@@ -17,10 +17,6 @@ def test_dbt_case(case: DbtCase, corpus_run: CorpusRun):
     assert corpus_run.core[number] == case.expected
 
 
-def test_the_cases_use_distinct_bulk_companies(corpus_run: CorpusRun):
-    assert len(set(corpus_run.dbt_case_numbers)) == len(DBT_CASES)
-
-
 @pytest.mark.parametrize("number", LANDING_OUTCOMES_IN_CORE)
 def test_landing_outcomes_in_the_core(number: str, corpus_run: CorpusRun):
     assert corpus_run.core.get(number) == LANDING_OUTCOMES_IN_CORE[number]
