@@ -4,10 +4,19 @@ with the reason, through a real run of ``company_house_stream`` (see conftest.py
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
-from ch_pipeline_tests.corpus.cases import LANDING_CASES, NEW_KAFKA_PARTITION, LandingCase, Reject, Row
+from ch_pipeline_tests.corpus.cases import (
+    DBT_CASES,
+    LANDING_CASES,
+    NEW_KAFKA_PARTITION,
+    STREAM_CASES,
+    LandingCase,
+    Reject,
+    Row,
+)
 from ch_pipeline_tests.corpus.conftest import CorpusRun
 
 
@@ -54,3 +63,11 @@ def test_every_message_lands_once_and_the_run_reports_its_rejects(corpus_run: Co
 
 def test_the_sensor_takes_up_a_partition_its_cursor_did_not_know(corpus_run: CorpusRun):
     assert corpus_run.cursor_after_batch_1[str(NEW_KAFKA_PARTITION)] == 1  # its one message is cut
+
+
+def test_the_readme_lists_every_case():
+    """The catalogue in README.md stays complete: each case name appears in it."""
+    readme = (Path(__file__).parent / "README.md").read_text()
+    names = [case.name for case in (*STREAM_CASES, *LANDING_CASES, *DBT_CASES)]
+    missing = [name for name in names if f"`{name}`" not in readme]
+    assert not missing, f"add these cases to ch_pipeline_tests/corpus/README.md: {missing}"
