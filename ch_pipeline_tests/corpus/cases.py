@@ -107,6 +107,7 @@ class Response:
     status: int = 200
     content_type: str = "application/json"
     dropped: bool = False  # cut the TCP connection without ending the chunked body
+    pause: float = 0.0  # seconds between chunks
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,13 @@ def _bytewise(data: bytes, size: int) -> tuple[bytes, ...]:
 _E_ACUTE = LINE_A.index("É".encode())
 STREAM_CASES = [
     StreamCase(
-        # Blank lines keep the connection alive (each resets the read timeout) and are never events.
+        # 1.5 s of heartbeats only, three times the read timeout: blank lines keep the connection
+        # alive (each resets the timeout) and are never events.
         "heartbeat_only_stream",
-        (Response((b"\n",) * 40 + (LINE_A + b"\n",)),),
+        (Response((b"\n",) * 30 + (LINE_A + b"\n",), pause=0.05),),
         expected_lines=(LINE_A,),
         expected_requests=("",),
-        read_timeout=2.0,
+        read_timeout=0.5,
     ),
     StreamCase(
         # One line in 7-byte chunks, another cut inside the two bytes of "É", a third sharing a chunk.

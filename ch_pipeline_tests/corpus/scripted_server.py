@@ -64,6 +64,7 @@ class ScriptedStreamServer:
                 try:
                     for chunk in response.chunks:
                         self._chunk(chunk)
+                        server._stopping.wait(response.pause)
                     if response.dropped:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     elif response.status != 200 or server.responses:
