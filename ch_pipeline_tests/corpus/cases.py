@@ -472,8 +472,11 @@ LANDING_OUTCOMES_IN_CORE = {
     "01234567": ("CORPUS 01234567 LIMITED", "active", "EC1A 1BB"),  # iso_event_all_fields
     "07000009": ("FLAT RECORD LTD", None, None),  # tutorial_flat_record_with_NA: NULLs, not "NA"
     "01000005": ("CORPUS 01000005 LIMITED", "active", None),  # missing_registered_office_address
+    "01000006": ("CORPUS 01000006 LIMITED", "active", None),  # empty_string_postcode (a known bug)
     "01000007": None,  # unknown_resource_kind: landed, but not a company-profile event
     "01000010": None,  # dd_mm_yyyy_date_in_event: rejected, so never in the core
     "SC100002": None,  # deleted_event_without_data
     "09000016": (_BIG_NAME, "active", "EC1A 1BB"),  # one_megabyte_message
 }
+# The core outcomes that a known landing bug breaks: company number -> the bug.
+KNOWN_CORE_BUGS = {"01000006": next(case.bug for case in LANDING_CASES if case.name == "empty_string_postcode")}
