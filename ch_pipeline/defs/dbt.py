@@ -17,13 +17,19 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from ch_pipeline.settings import env_or_default
+from ch_pipeline.settings import env_or_default, sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
 ch_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 DBT_GROUP = "dbt"
 SNAPSHOT_MODEL = "snapshot_streamed_data"
+CORE_MODEL = "company_house_core"
+WATERMARK_MODEL = "get_last_timestamp"
+# The watermark records how far the snapshot read; it is only true if that snapshot was merged into
+# the core in the same dbt invocation. Otherwise a later snapshot + watermark alone would skip rows
+# the core never took.
+WATERMARK_NEEDS = {dg.AssetKey(SNAPSHOT_MODEL), dg.AssetKey(CORE_MODEL)}
 
 
 def dbt_executable() -> str:
@@ -55,17 +61,28 @@ def _manifest_is_stale(project: DbtProject) -> bool:
 
 # Declarative automation (DESIGN §7, §11). `eager()` never fires below a growing dynamic partition
 # set: the newest stream partition exists (so counts as missing) before its run ends, and then it is
-# in progress. This is eager() without those two guards, plus "missing" as a trigger so the first
-# build happens once the bulk table is there (the core's first build starts from it).
-# `since_last_handled` keeps it to one request per update.
-bulk_is_missing = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.missing()).allow(
-    dg.AssetSelection.assets(BULK_TABLE)
-)
+# in progress. This is eager() without those two guards, plus "missing" as a trigger for the first
+# build. Every other input (the bulk table, the models upstream) must exist or be requested in the
+# same tick, so on a fresh instance bulk and all four models start together.
+# `since(handled)` keeps it to one request per update.
+other_deps_missing = dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(STREAM_TABLE))
+# "Handled" = requested or updated; unlike since_last_handled(), the sensor's first evaluation does
+# not count as handled, so data that landed before the sensor's first tick still triggers a build.
+handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
 after_new_stream_data = (
-    (dg.AutomationCondition.missing() | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+    (dg.AutomationCondition.missing() | dg.AutomationCondition.any_deps_updated()).since(handled)
     & ~dg.AutomationCondition.in_progress()
-    & ~bulk_is_missing
+    & ~other_deps_missing
 ).with_label("after new stream data")
+# Models that read the stream table wait for its first landed partition (the table exists only then).
+stream_has_landed = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(
+    dg.AssetSelection.assets(STREAM_TABLE)
+)
+# The watermark may only advance in the run that also rebuilds the snapshot and merges it into the
+# core (see WATERMARK_NEEDS); requesting it with both keeps automation inside that rule.
+watermark_with_its_batch = (
+    after_new_stream_data & dg.AutomationCondition.all_deps_match(dg.AutomationCondition.will_be_requested())
+).with_label("with the snapshot and the core")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
 # the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20
@@ -88,7 +105,11 @@ class ChDbtTranslator(DagsterDbtTranslator):
         return DBT_GROUP
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
-        return after_new_stream_data
+        if dbt_resource_props["name"] == WATERMARK_MODEL:
+            return watermark_with_its_batch
+        upstream = dbt_resource_props.get("depends_on", {}).get("nodes", [])  # sources and tests have none
+        reads_stream = any(node.endswith(f".{STREAM_TABLE}") for node in upstream)
+        return (after_new_stream_data & stream_has_landed).with_label("after new stream data") if reads_stream else after_new_stream_data
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -111,6 +132,12 @@ def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     A failed model or a failed error-severity test skips everything downstream, so the watermark
     never advances past a batch the core did not take.
     """
+    selected = context.selected_asset_keys
+    if dg.AssetKey(WATERMARK_MODEL) in selected and not WATERMARK_NEEDS <= selected:
+        raise dg.Failure(
+            f"{WATERMARK_MODEL} can only be materialized together with {SNAPSHOT_MODEL} and {CORE_MODEL} "
+            "(it records how far the snapshot was merged into the core): select all three"
+        )
     yield from dbt.cli(["build"], context=context).stream()
 
 
@@ -125,6 +152,6 @@ dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
     "ch_dbt_automation",
     target=dg.AssetSelection.assets(ch_dbt_models) | dg.AssetSelection.assets(BULK_TABLE),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_seconds(30),
     description="Runs the dbt models after new stream partitions land (and loads the bulk snapshot when missing).",
 )

@@ -73,3 +73,36 @@ def test_asset_graph_is_acyclic_with_the_watermark_downstream_of_the_core():
     assert watermark not in graph.get(snapshot).parent_keys  # read without ref(): no cycle
     assert dg.AssetKey("company_house_core") in graph.get(watermark).parent_keys
     graph.toposorted_asset_keys  # raises on a cycle
+
+
+def test_fresh_instance_requests_bulk_and_every_model_in_one_tick(ticks: Ticks):
+    """Stream data lands before the bulk table exists: nothing may run without the core (a watermark
+    advanced without the core would skip that batch for ever); bulk and all models go together."""
+    instance = ticks.instance
+    instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-99"])
+    materialized(instance, "company_house_stream", partition="p0:0-99")
+    assert ticks.requested() == DBT_MODELS | {"company_house_bulk"}
+
+
+def test_watermark_is_never_requested_without_the_snapshot_and_the_core(ticks: Ticks):
+    instance = ticks.instance
+    materialized(instance, "company_house_bulk", *DBT_MODELS)
+    ticks.requested()
+    # Only the core was rebuilt (e.g. by hand): the watermark alone must not follow.
+    materialized(instance, "company_house_core")
+    assert "get_last_timestamp" not in ticks.requested()
+
+
+def test_materializing_the_watermark_without_the_core_is_refused(tmp_path, monkeypatch):
+    from ch_pipeline_tests.dbt.conftest import configure_environment
+
+    configure_environment(monkeypatch, tmp_path)
+    result = dg.materialize(
+        [ch_dbt_models],
+        selection=["snapshot_streamed_data", "get_last_timestamp"],
+        resources={"dbt": defs.resources["dbt"]},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "only be materialized together with" in failure.message

@@ -161,5 +161,8 @@ def test_automation_requests_all_four_models_after_each_new_stream_partition(rec
     requested in the same tick (one run, one `dbt build`); a finished run does not retrigger itself."""
     assert recording.requested_on_an_empty_instance == {"company_house_bulk"}
     for step in recording.steps:
-        assert step.requested_before_run == DBT_MODELS, step.name
+        # The models wait for the stream's first landed partition (the stream table exists only then);
+        # the history's "bulk only" step runs dbt by hand before that.
+        expected = set() if step.name == "bulk only" else DBT_MODELS
+        assert step.requested_before_run == expected, step.name
         assert step.requested_after_run == set(), step.name
