@@ -171,7 +171,8 @@ SELECT
   CASE WHEN is_event THEN {_EVENT_NUMBER} ELSE {_flat('company_number')} END AS company_number,
   CASE WHEN is_event THEN {_v('data_company_status')} ELSE {_flat('company_status')} END AS company_status,
   TRY_CAST(CASE WHEN is_event THEN {_v('data_date_of_creation')} ELSE {_flat('date_of_creation')} END AS DATE) AS date_of_creation,
-  CASE WHEN is_event THEN {_v('address_postal_code')} ELSE {_flat('postal_code')} END AS postal_code,
+  -- An empty postcode is a missing one (NULL), as in the bulk load, so bulk and stream rows agree.
+  nullif(trim(CASE WHEN is_event THEN {_v('address_postal_code')} ELSE {_flat('postal_code')} END), '') AS postal_code,
   TRY_CAST(CASE WHEN is_event THEN {_v('event_published_at')} ELSE {_flat('published_at')} END AS TIMESTAMPTZ) AS published_at,
   CASE WHEN is_event THEN {_v('event_type')} ELSE 'changed' END AS event_type,
   CASE WHEN is_event THEN TRY_CAST({_v('timepoint')} AS BIGINT) END AS timepoint,
