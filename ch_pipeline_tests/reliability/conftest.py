@@ -1,0 +1,71 @@
+"""Fixtures of the crash matrix and the outage tests: one scenario = one fresh ``Pipeline``.
+
+``--reliability-full`` runs every scenario over more seeds of the generated history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.companies_house.replay_server import ReplayServer
+from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
+from ch_pipeline_tests.reliability.harness import (
+    BULK_COMPANIES,
+    DEFAULT_SEED,
+    FULL_SEEDS,
+    HISTORY_EVENTS,
+    OUTCOMES,
+    TOPIC_PARTITIONS,
+    Pipeline,
+    copy_warehouse,
+    format_outcomes,
+)
+
+FULL_OPTION = "--reliability-full"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(FULL_OPTION, action="store_true", default=False,
+                     help=f"crash matrix and outages over seeds {FULL_SEEDS} instead of {DEFAULT_SEED} only")  # fmt: skip
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "history_seed" in metafunc.fixturenames:
+        # The option exists only when this conftest was loaded at startup (pytest's rule for
+        # pytest_addoption); a whole-suite run without it gets the default seed.
+        full = metafunc.config.getoption(FULL_OPTION, default=False)
+        metafunc.parametrize("history_seed", FULL_SEEDS if full else (DEFAULT_SEED,), ids=lambda seed: f"seed{seed}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if OUTCOMES:
+        terminalreporter.write_sep("=", "crash matrix and outages: outcome per fault point")
+        terminalreporter.write_line(format_outcomes(OUTCOMES))
+
+
+@pytest.fixture(scope="session")
+def bulk_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB file with the bulk snapshot loaded by the real asset, copied by every scenario."""
+    root = tmp_path_factory.mktemp("bulk-template")
+    db = root / "warehouse.duckdb"
+    load_bulk(db, write_sample(root / "bulk.csv", BULK_COMPANIES, seed=5))
+    return db
+
+
+@pytest.fixture
+def pipeline(broker, bulk_warehouse: Path, tmp_path: Path, history_seed: int, monkeypatch: pytest.MonkeyPatch):
+    topic = f"reliability_{uuid.uuid4().hex[:10]}"
+    broker.create_topic(topic, TOPIC_PARTITIONS)
+    db = copy_warehouse(bulk_warehouse, tmp_path)
+    assert configure_environment(monkeypatch, tmp_path) == db  # dbt (a subprocess) finds the file by env
+    home = tmp_path / "dagster"
+    home.mkdir()
+    # DAGSTER_HOME is set to the instance's directory: child processes (a landing run) share it.
+    with ReplayServer(events=HISTORY_EVENTS, seed=history_seed, heartbeat_interval=0.2) as server, \
+            dg.instance_for_test(temp_dir=str(home)) as instance:  # fmt: skip
+        yield Pipeline(tmp_path, broker.bootstrap_servers, topic, server, instance, db)
