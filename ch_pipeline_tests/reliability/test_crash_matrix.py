@@ -38,3 +38,48 @@ def test_producer_killed(pipeline: Pipeline, fault_point: str):
     outcome = pipeline.catch_up(f"producer: {fault_point}")
     assert_exact(outcome)
     assert outcome.kafka_messages > outcome.events_served, "the kill left events in Kafka past the checkpoint (re-sent)"
+
+
+@pytest.mark.parametrize("fault_point", ["landing_before_write", "landing_during_write", "landing_after_write"])
+def test_landing_run_killed(pipeline: Pipeline, fault_point: str):
+    pipeline.produce_all()
+    keys = pipeline.tick()
+    assert len(keys) > 1, "several stream partitions, so the killed one is one of many"
+    for key in keys[:-1]:
+        pipeline.land(key)
+    before = pipeline.stream_rows()
+    assert faulty_landing(pipeline, keys[-1], fault_point) == KILLED
+    if fault_point != "landing_after_write":
+        assert pipeline.stream_rows() == before, "a run killed before its commit leaves no row behind"
+    assert pipeline.missing_partitions() == [keys[-1]], "the killed run recorded no materialization"
+    assert_exact(pipeline.catch_up(f"landing run: {fault_point.removeprefix('landing_')}"))
+
+
+def test_sensor_killed_between_requesting_runs_and_saving_its_cursor(pipeline: Pipeline):
+    """The tick's runs are launched and land, its cursor is lost; the next tick starts from the old cursor
+    and, since more messages arrived meanwhile, cuts different (overlapping) ranges."""
+    pipeline.produce_all(at_most=len(pipeline.server.lines) // 2)
+    launched = pipeline.tick(save_cursor=False)
+    for key in launched:
+        pipeline.land(key)
+    pipeline.produce_all()
+    recut = pipeline.tick()
+    assert set(recut) != set(launched), "the lost cursor made the next tick cut different ranges over the same offsets"
+    for key in recut:
+        pipeline.land(key)
+    assert_exact(pipeline.catch_up("sensor: between run requests and cursor save"))
+
+
+@pytest.mark.parametrize(
+    ("fault_point", "last_model_done"),
+    [("between snapshot and core", "company_house_deletions"), ("between core and watermark", "company_house_core")],
+)
+def test_dbt_killed_mid_build(pipeline: Pipeline, fault_point: str, last_model_done: str):
+    pipeline.produce_all(at_most=len(pipeline.server.lines) // 2)
+    pipeline.land_everything_new()
+    pipeline.dbt()
+    pipeline.produce_all()
+    pipeline.land_everything_new()
+    assert pipeline.dbt_killed_after(last_model_done) == KILLED
+    assert_exact(pipeline.catch_up(f"dbt: {fault_point}"))
+
