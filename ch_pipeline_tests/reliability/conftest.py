@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +14,7 @@ import pytest
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.companies_house.replay_server import ReplayServer
+from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.reliability.harness import (
     BULK_COMPANIES,
@@ -58,14 +60,26 @@ def bulk_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def pipeline(broker, bulk_warehouse: Path, tmp_path: Path, history_seed: int, monkeypatch: pytest.MonkeyPatch):
-    topic = f"reliability_{uuid.uuid4().hex[:10]}"
-    broker.create_topic(topic, TOPIC_PARTITIONS)
-    db = copy_warehouse(bulk_warehouse, tmp_path)
-    assert configure_environment(monkeypatch, tmp_path) == db  # dbt (a subprocess) finds the file by env
-    home = tmp_path / "dagster"
-    home.mkdir()
-    # DAGSTER_HOME is set to the instance's directory: child processes (a landing run) share it.
-    with ReplayServer(events=HISTORY_EVENTS, seed=history_seed, heartbeat_interval=0.2) as server, \
-            dg.instance_for_test(temp_dir=str(home)) as instance:  # fmt: skip
-        yield Pipeline(tmp_path, broker.bootstrap_servers, topic, server, instance, db)
+def open_pipeline(bulk_warehouse: Path, tmp_path: Path, history_seed: int, monkeypatch: pytest.MonkeyPatch):
+    """Open one scenario's ``Pipeline`` on a given broker; ``server`` replaces the default replay server."""
+    with ExitStack() as stack:
+
+        def open_on(broker: LocalBroker, server: ReplayServer | None = None) -> Pipeline:
+            topic = f"reliability_{uuid.uuid4().hex[:10]}"
+            broker.create_topic(topic, TOPIC_PARTITIONS)
+            db = copy_warehouse(bulk_warehouse, tmp_path)
+            assert configure_environment(monkeypatch, tmp_path) == db  # dbt (a subprocess) finds the file by env
+            server = stack.enter_context(server or ReplayServer(events=HISTORY_EVENTS, seed=history_seed, heartbeat_interval=0.2))
+            home = tmp_path / "dagster"
+            home.mkdir()
+            # DAGSTER_HOME is set to the instance's directory: child processes (a landing run) share it.
+            instance = stack.enter_context(dg.instance_for_test(temp_dir=str(home)))
+            return Pipeline(tmp_path, broker.bootstrap_servers, topic, server, instance, db)
+
+        yield open_on
+
+
+@pytest.fixture
+def pipeline(broker: LocalBroker, open_pipeline) -> Pipeline:
+    """A scenario on the session's broker (memory storage)."""
+    return open_pipeline(broker)

@@ -22,8 +22,6 @@ PRODUCER_RATE = 150.0
 def test_without_a_fault_the_pipeline_reproduces_the_ground_truth(pipeline: Pipeline):
     """The control row of the matrix: the same steps, no fault."""
     pipeline.produce_all()
-    pipeline.land_everything_new()
-    pipeline.dbt()
     assert_exact(pipeline.catch_up("none (control)"))
 
 

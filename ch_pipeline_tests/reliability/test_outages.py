@@ -1,0 +1,142 @@
+"""Outages: the broker down mid-produce, a flaky Companies House endpoint, a warehouse failing a run.
+
+Each ends like a crash-matrix scenario: the pipeline catches up and the core equals the ground truth
+of the served history, every Kafka offset landed once, the watermark never went backwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from ch_pipeline.companies_house.replay_server import ReplayServer
+from ch_pipeline.warehouse import duckdb_warehouse
+from ch_pipeline_tests.kafka.test_producer import read_topic, timepoint_header
+from ch_pipeline_tests.kafka.test_producer_cli import start_producer, wait_for_checkpoint
+from ch_pipeline_tests.reliability.harness import HISTORY_EVENTS, TOPIC_PARTITIONS, Pipeline, assert_exact
+from ch_pipeline_tests.reliability.s3_emulator import persistent_broker, s3_emulator
+
+BROKER_DOWN_SECONDS = 2.0
+
+
+def kafka_timepoints(pipeline: Pipeline) -> Counter:
+    return Counter(timepoint_header(m) for m in read_topic(pipeline.bootstrap_servers, pipeline.topic, TOPIC_PARTITIONS))
+
+
+def test_broker_stopped_and_restarted_while_the_producer_runs(open_pipeline, tmp_path):
+    """The real ``ch-pipeline produce`` keeps running through a broker outage: librdkafka buffers and
+    retries (idempotent, so a retried batch is not written twice) and nothing is lost."""
+    with s3_emulator(tmp_path / "moto.log") as s3_env:
+        broker = persistent_broker(s3_env, tmp_path / "broker.log")
+        with broker:
+            pipeline = open_pipeline(broker)
+            pipeline.server.rate = 150.0  # ~3 s of history: the outage lands mid-stream
+            producer = start_producer(pipeline.env(), "--max-events", str(len(pipeline.server.lines)))
+            try:
+                wait_for_checkpoint(pipeline.checkpoint_path, 60, producer)
+                # No grace: a graceful stop takes ~2 s under load, serving all the while.
+                broker.stop(timeout=0)
+                time.sleep(BROKER_DOWN_SECONDS)
+                assert producer.poll() is None, "the producer waits for the broker instead of exiting"
+                broker.start()  # same port, same bucket: the topic and its records are back
+                output, _ = producer.communicate(timeout=120)
+            finally:
+                producer.kill()
+            assert producer.returncode == 0, output
+            assert "Connection refused" in output or "Disconnected" in output, "the outage was seen by the producer"
+            received = kafka_timepoints(pipeline)
+            assert set(received) == set(pipeline.server.timepoints), "no gap"
+            assert received == Counter(pipeline.server.timepoints), "no duplicate from retries"
+            assert_exact(pipeline.catch_up("outage: broker stopped and restarted mid-produce"))
+
+
+@dataclass
+class FlakyReplayServer(ReplayServer):
+    """Cuts connections mid-line, and answers each reconnect after a cut with an HTML 429 or 503 page."""
+
+    def _take_drop(self) -> bool:
+        dropped = super()._take_drop()
+        if dropped:
+            self.fail_next(429 if self.drops % 2 else 503, 1)
+        return dropped
+
+
+@pytest.fixture
+def flaky_server(history_seed: int) -> FlakyReplayServer:
+    server = FlakyReplayServer(events=HISTORY_EVENTS, seed=history_seed, heartbeat_interval=0.2, drop_after=70, max_drops=4)
+    server.fail_next(503, 1)  # the very first request too
+    return server
+
+
+def test_replay_server_errors_and_dropped_connections_resume_without_a_gap(broker, open_pipeline, flaky_server):
+    pipeline = open_pipeline(broker, flaky_server)
+    pipeline.produce_all()
+    assert flaky_server.drops == 4 and not flaky_server._failures, "every fault was served"
+    assert flaky_server.requests_served == 1 + 2 * 4 + 1, "each error page and each cut was followed by a reconnect"
+    received = kafka_timepoints(pipeline)
+    assert set(received) == set(flaky_server.timepoints), "resumed without a gap"
+    assert all(count <= 2 for count in received.values())
+    assert_exact(pipeline.catch_up("outage: replay server 429/503 HTML pages and cut connections"))
+
+
+@contextmanager
+def duckdb_file_locked_by_another_process(path):
+    """A real second process holding the DuckDB file read-write: every other writer fails (DESIGN §11)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+class FailsOnRejectsInsert:
+    """The warehouse connection failing inside the landing transaction, after the stream rows were written."""
+
+    def __init__(self, con) -> None:
+        self._con = con
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("INSERT INTO company_house_stream_rejects"):
+            raise duckdb_warehouse.duckdb.IOException("injected: the disk failed mid-transaction")
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+
+def test_warehouse_failing_inside_a_landing_run(pipeline: Pipeline, monkeypatch):
+    pipeline.produce_all()
+    keys = pipeline.tick()
+    assert len(keys) >= 3
+    before = pipeline.stream_rows()
+
+    with duckdb_file_locked_by_another_process(pipeline.db):
+        locked = pipeline.land(keys[0], raise_on_error=False)
+    assert not locked.success and "lock" in str(locked.get_step_failure_events()[0].event_specific_data.error).lower()
+
+    original_connect = duckdb_warehouse.connect
+
+    @contextmanager
+    def failing_connect(path):
+        with original_connect(path) as con:
+            yield FailsOnRejectsInsert(con)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(duckdb_warehouse, "connect", failing_connect)
+        failed = pipeline.land(keys[1], raise_on_error=False)
+    assert not failed.success
+    assert pipeline.stream_rows() == before, "the failed runs left nothing partial"
+    assert set(pipeline.missing_partitions()) == set(keys), "both partitions are still to be landed"
+    assert_exact(pipeline.catch_up("outage: warehouse failing inside landing runs"))
