@@ -26,10 +26,6 @@ DBT_GROUP = "dbt"
 SNAPSHOT_MODEL = "snapshot_streamed_data"
 CORE_MODEL = "company_house_core"
 WATERMARK_MODEL = "get_last_timestamp"
-# The watermark records how far the snapshot read; it is only true if that snapshot was merged into
-# the core in the same dbt invocation. Otherwise a later snapshot + watermark alone would skip rows
-# the core never took.
-WATERMARK_NEEDS = {dg.AssetKey(SNAPSHOT_MODEL), dg.AssetKey(CORE_MODEL)}
 
 
 def dbt_executable() -> str:
@@ -59,30 +55,30 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
-# Declarative automation (DESIGN §7, §11). `eager()` never fires below a growing dynamic partition
-# set: the newest stream partition exists (so counts as missing) before its run ends, and then it is
-# in progress. This is eager() without those two guards, plus "missing" as a trigger for the first
-# build. Every other input (the bulk table, the models upstream) must exist or be requested in the
-# same tick, so on a fresh instance bulk and all four models start together.
-# `since(handled)` keeps it to one request per update.
-other_deps_missing = dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(STREAM_TABLE))
-# "Handled" = requested or updated; unlike since_last_handled(), the sensor's first evaluation does
+# Declarative automation (DESIGN §7, §11). The four models are one execution set (`as_one_unit`),
+# so one condition decides for all of them; it sits on the core, the only model that reads both
+# inputs. `eager()` never fires below a growing dynamic partition set (the newest stream partition
+# exists, so counts as missing, before its run ends, and then it is in progress); this is eager()
+# without those two guards on the stream: fire when the stream or the bulk table was updated, or the
+# core is missing, once the stream has landed a partition (its table exists only then) and the bulk
+# table exists or is requested in the same tick.
+# "Handled" = requested or updated. Unlike since_last_handled(), the sensor's first evaluation does
 # not count as handled, so data that landed before the sensor's first tick still triggers a build.
+INPUTS = dg.AssetSelection.assets(STREAM_TABLE, BULK_TABLE)
 handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
-after_new_stream_data = (
-    (dg.AutomationCondition.missing() | dg.AutomationCondition.any_deps_updated()).since(handled)
-    & ~dg.AutomationCondition.in_progress()
-    & ~other_deps_missing
-).with_label("after new stream data")
-# Models that read the stream table wait for its first landed partition (the table exists only then).
+inputs_updated = dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.newly_updated() | dg.AutomationCondition.will_be_requested()
+).allow(INPUTS)
 stream_has_landed = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(
     dg.AssetSelection.assets(STREAM_TABLE)
 )
-# The watermark may only advance in the run that also rebuilds the snapshot and merges it into the
-# core (see WATERMARK_NEEDS); requesting it with both keeps automation inside that rule.
-watermark_with_its_batch = (
-    after_new_stream_data & dg.AutomationCondition.all_deps_match(dg.AutomationCondition.will_be_requested())
-).with_label("with the snapshot and the core")
+bulk_missing = dg.AutomationCondition.any_deps_missing().allow(dg.AssetSelection.assets(BULK_TABLE))
+after_new_stream_data = (
+    (dg.AutomationCondition.missing() | inputs_updated).since(handled)
+    & ~dg.AutomationCondition.in_progress()
+    & stream_has_landed
+    & ~bulk_missing
+).with_label("after new stream data")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
 # the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20
@@ -105,11 +101,8 @@ class ChDbtTranslator(DagsterDbtTranslator):
         return DBT_GROUP
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
-        if dbt_resource_props["name"] == WATERMARK_MODEL:
-            return watermark_with_its_batch
-        upstream = dbt_resource_props.get("depends_on", {}).get("nodes", [])  # sources and tests have none
-        reads_stream = any(node.endswith(f".{STREAM_TABLE}") for node in upstream)
-        return (after_new_stream_data & stream_has_landed).with_label("after new stream data") if reads_stream else after_new_stream_data
+        # The other models follow the core: they are in its execution set (see as_one_unit).
+        return after_new_stream_data if dbt_resource_props["name"] == CORE_MODEL else None
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -126,19 +119,26 @@ class ChDbtTranslator(DagsterDbtTranslator):
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
     name="ch_dbt_models",
 )
-def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+def _ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
 
     A failed model or a failed error-severity test skips everything downstream, so the watermark
     never advances past a batch the core did not take.
     """
-    selected = context.selected_asset_keys
-    if dg.AssetKey(WATERMARK_MODEL) in selected and not WATERMARK_NEEDS <= selected:
-        raise dg.Failure(
-            f"{WATERMARK_MODEL} can only be materialized together with {SNAPSHOT_MODEL} and {CORE_MODEL} "
-            "(it records how far the snapshot was merged into the core): select all three"
-        )
     yield from dbt.cli(["build"], context=context).stream()
+
+
+def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """The same dbt assets, materialized only all together (``@dbt_assets`` is always subsettable).
+
+    The watermark is only true for a snapshot the core merged in the same ``dbt build``, so the four
+    models form one execution set: any request for one of them (automation, a click in the UI)
+    becomes a request for all four and their tests.
+    """
+    return dg.AssetsDefinition.dagster_internal_init(**{**assets.get_attributes_dict(), "can_subset": False})
+
+
+ch_dbt_models = as_one_unit(_ch_dbt_models)
 
 
 def dbt_resource() -> DbtCliResource:

@@ -28,7 +28,8 @@ class Ticks:
     def requested(self) -> set[str]:
         result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
         self.cursor = result.cursor
-        return {r.key.to_user_string() for r in result.results if r.true_subset.size > 0}
+        # What the sensor would request, execution sets included (the dbt models go as one unit).
+        return {key.to_user_string() for key in result._requested_partitions_by_asset_key}
 
 
 @pytest.fixture(scope="session")
