@@ -18,10 +18,13 @@ from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.reliability.harness import (
     BULK_COMPANIES,
+    DBT_FAULTS,
     DEFAULT_SEED,
     FULL_SEEDS,
     HISTORY_EVENTS,
+    LANDING_FAULTS,
     OUTCOMES,
+    PRODUCER_FAULTS,
     TOPIC_PARTITIONS,
     Pipeline,
     copy_warehouse,
@@ -37,17 +40,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The option exists only when this conftest was loaded at startup (pytest's rule for
+    # pytest_addoption); a whole-suite run without it gets the default mode.
+    full = metafunc.config.getoption(FULL_OPTION, default=False)
     if "history_seed" in metafunc.fixturenames:
-        # The option exists only when this conftest was loaded at startup (pytest's rule for
-        # pytest_addoption); a whole-suite run without it gets the default seed.
-        full = metafunc.config.getoption(FULL_OPTION, default=False)
         metafunc.parametrize("history_seed", FULL_SEEDS if full else (DEFAULT_SEED,), ids=lambda seed: f"seed{seed}")
+    for name, points in (("producer_faults", PRODUCER_FAULTS), ("landing_faults", LANDING_FAULTS), ("dbt_faults", DBT_FAULTS)):
+        if name in metafunc.fixturenames:
+            # Default: a component's fault points chained in one scenario; full: one scenario each.
+            groups = [(point,) for point in points] if full else [points]
+            metafunc.parametrize(name, groups, ids=_fault_ids)
+
+
+def _fault_ids(points: tuple) -> str:
+    return "+".join(point[0] if isinstance(point, tuple) else point for point in points).replace(" ", "_")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if OUTCOMES:
         terminalreporter.write_sep("=", "crash matrix and outages: outcome per fault point")
         terminalreporter.write_line(format_outcomes(OUTCOMES))
+
+
+@pytest.fixture(scope="session")
+def reliability_full(request: pytest.FixtureRequest) -> bool:
+    return request.config.getoption(FULL_OPTION, default=False)
 
 
 @pytest.fixture(scope="session")

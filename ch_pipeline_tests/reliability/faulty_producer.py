@@ -5,7 +5,8 @@ The hooks wrap the producer module's own functions from outside (nothing in prod
 - ``after_delivery_report``: dies right after the tracker counted a delivery, before any checkpoint.
 - ``between_delivery_and_checkpoint``: deliveries are confirmed, the checkpoint write that records
   them is about to happen: dies before it.
-Each fires only after the second checkpoint write, so the restart resumes mid-history.
+Each fires only once ``CH_FAULT_AFTER_DELIVERIES`` deliveries were reported in this process, so
+the kill lands mid-history with a checkpoint behind it and events in flight or unrecorded after it.
 """
 
 import os
@@ -14,8 +15,8 @@ import signal
 from ch_pipeline.kafka import producer
 
 FAULT_POINT = os.environ["CH_FAULT_POINT"]
-ARMED_AFTER_CHECKPOINTS = 2  # the first is written at the first delivery; the second ~1 s later
-checkpoints_written = 0
+ARMED_AFTER_DELIVERIES = int(os.environ["CH_FAULT_AFTER_DELIVERIES"])
+deliveries = 0
 
 
 def die() -> None:
@@ -27,18 +28,18 @@ original_on_delivery = producer._on_delivery
 
 
 def write_checkpoint(*args, **kwargs):
-    global checkpoints_written
-    if FAULT_POINT == "between_delivery_and_checkpoint" and checkpoints_written >= ARMED_AFTER_CHECKPOINTS:
+    if FAULT_POINT == "between_delivery_and_checkpoint" and deliveries >= ARMED_AFTER_DELIVERIES:
         die()
     original_write_checkpoint(*args, **kwargs)
-    checkpoints_written += 1
 
 
 def on_delivery(tracker, entry, err, msg):
-    armed = checkpoints_written >= ARMED_AFTER_CHECKPOINTS
+    global deliveries
+    armed = deliveries >= ARMED_AFTER_DELIVERIES
     if FAULT_POINT == "before_delivery_report" and armed:
         die()
     original_on_delivery(tracker, entry, err, msg)
+    deliveries += 1
     if FAULT_POINT == "after_delivery_report" and armed:
         die()
 

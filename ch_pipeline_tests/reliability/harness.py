@@ -47,6 +47,12 @@ FULL_SEEDS = (9, 10, 11, 12)
 BULK_COMPANIES = 2_000
 # Small batches, so one tick cuts several stream partitions and a landing fault hits one of many.
 MAX_BATCH_MESSAGES = 120
+# The fault points of each component. The default run chains a component's points in one scenario
+# (one catch-up: the CI budget); --reliability-full gives each point its own scenario, over more seeds.
+PRODUCER_FAULTS = ("before_delivery_report", "after_delivery_report", "between_delivery_and_checkpoint")
+LANDING_FAULTS = ("landing_before_write", "landing_during_write", "landing_after_write")
+# (fault point, the last model that committed before the kill)
+DBT_FAULTS = (("between snapshot and core", "company_house_deletions"), ("between core and watermark", "company_house_core"))
 DBT_MODEL_ORDER = ("snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp")
 STREAM_ASSET = dg.AssetKey("company_house_stream")
 
@@ -321,9 +327,10 @@ def run_until_killed(command: list[str], env: dict[str, str], log: Path, timeout
     return process.returncode
 
 
-def faulty_producer(pipeline: Pipeline, fault_point: str) -> int:
+def faulty_producer(pipeline: Pipeline, fault_point: str, after_deliveries: int) -> int:
     return run_until_killed(
-        [sys.executable, str(HERE / "faulty_producer.py")], pipeline.env(CH_FAULT_POINT=fault_point),
+        [sys.executable, str(HERE / "faulty_producer.py")],
+        pipeline.env(CH_FAULT_POINT=fault_point, CH_FAULT_AFTER_DELIVERIES=str(after_deliveries)),
         pipeline.root / f"producer-{fault_point}.log",
     )  # fmt: skip
 
