@@ -36,8 +36,10 @@ from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, stream_partitions
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.producer import StreamProducer
-from ch_pipeline.local_stack import COMPARED_COLUMNS, _normalise, expected_core, kafka_message_count
+from ch_pipeline.local_stack import COMPARED_COLUMNS, _normalise, expected_core
 from ch_pipeline.warehouse.schema import REJECTS_TABLE, STREAM_TABLE
+from ch_pipeline_tests.kafka.test_producer import read_topic
+from ch_pipeline_tests.kafka.test_producer_cli import producer_env
 
 HERE = Path(__file__).resolve().parent
 TOPIC_PARTITIONS = 2
@@ -125,8 +127,6 @@ class Pipeline:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a child process of this scenario (producer, landing run)."""
-        from ch_pipeline_tests.kafka.test_producer_cli import producer_env
-
         return producer_env(self.server.url, self.bootstrap_servers, self.topic, self.checkpoint_path,
                             CH_DUCKDB_PATH=str(self.db), CH_WAREHOUSE="duckdb", **extra)  # fmt: skip
 
@@ -269,7 +269,7 @@ class Pipeline:
         return Outcome(
             fault_point=fault_point,
             events_served=len(self.server.lines),
-            kafka_messages=kafka_message_count({"bootstrap.servers": self.bootstrap_servers}, self.topic),
+            kafka_messages=len(read_topic(self.bootstrap_servers, self.topic, TOPIC_PARTITIONS)),
             landed=landed,
             core_rows=len(core),
             expected_rows=len(expected),

@@ -23,7 +23,7 @@ PRODUCER_RATE = 150.0
 KILL_AFTER_DELIVERIES = 60
 
 
-def test_without_a_fault_the_pipeline_reproduces_the_ground_truth(reliability_full: bool, request):
+def test_without_a_fault_the_pipeline_reproduces_the_ground_truth(reliability_full: bool, history_seed: int, request):
     """The control row of the matrix: the same steps, no fault (full mode only: every faulty
     scenario of the default run ends with the same exact comparison)."""
     if not reliability_full:
