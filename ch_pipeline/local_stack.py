@@ -47,6 +47,14 @@ def prepare_dagster_home(data_dir: Path) -> Path:
     home = data_dir / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(LOCAL_INSTANCE_CONFIG, home / "dagster.yaml")
+    # Create the SQLite storages here, once: processes that start on a fresh home at the same
+    # moment (daemon, code server) race on the schema migration ("more than one head present").
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.get_runs(limit=1)
+        instance.get_latest_materialization_event(dg.AssetKey("company_house_stream"))
+        instance.schedule_storage.all_instigator_state() if instance.schedule_storage else None
     return home
 
 
@@ -329,20 +337,20 @@ def compare_core(duckdb_path: Path, events: list[dict]) -> dict:
 
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         columns = ", ".join(("company_number", *COMPARED_COLUMNS))
-        bulk = {r[0]: dict(zip(("company_number", *COMPARED_COLUMNS), r)) for r in con.sql(f"select {columns} from company_house_bulk").fetchall()}
-        core = {r[0]: dict(zip(("company_number", *COMPARED_COLUMNS), r)) for r in con.sql(f"select {columns} from company_house_core").fetchall()}
+        bulk = {r[0]: dict(zip(("company_number", *COMPARED_COLUMNS), r)) for r in con.execute(f"select {columns} from company_house_bulk").fetchall()}
+        core = {r[0]: dict(zip(("company_number", *COMPARED_COLUMNS), r)) for r in con.execute(f"select {columns} from company_house_core").fetchall()}
         counts = {
-            "stream rows": con.sql("select count(*) from company_house_stream").fetchone()[0],
-            "rejects": con.sql("select count(*) from company_house_stream_rejects").fetchone()[0],
-            "duplicate (partition, offset)": con.sql(
+            "stream rows": con.execute("select count(*) from company_house_stream").fetchone()[0],
+            "rejects": con.execute("select count(*) from company_house_stream_rejects").fetchone()[0],
+            "duplicate (partition, offset)": con.execute(
                 "select count(*) from (select kafka_partition, kafka_offset from company_house_stream "
                 "group by all having count(*) > 1)"
             ).fetchone()[0],
             "bulk rows": len(bulk),
             "core rows": len(core),
         }
-        watermark = con.sql("select * from get_last_timestamp order by all").fetchall()
-        landed = con.sql("select ingested_at, kafka_timestamp from company_house_stream").fetchall()
+        watermark = con.execute("select * from get_last_timestamp order by all").fetchall()
+        landed = con.execute("select ingested_at, kafka_timestamp from company_house_stream").fetchall()
     expected = expected_core(bulk, events)
     mismatched = [n for n in expected.keys() | core.keys() if n not in core or n not in expected or _normalise(core[n]) != _normalise(expected[n])]
     return {"counts": counts, "watermark": watermark, "landed": landed, "expected": len(expected), "mismatched": sorted(mismatched)}
@@ -372,12 +380,13 @@ def percentile(values: list[float], q: float) -> float | None:
 @click.command("demo")
 @click.option("--events", default=20_000, show_default=True, help="Distinct events the replay server serves.")
 @click.option("--seed", default=LOCAL_SEED, show_default=True, help="Seed of the generated history.")
+@click.option("--rate", default=1000.0, show_default=True, help="Events per second streamed by the replay server.")
 @click.option("--bulk-rows", default=20_000, show_default=True, help="Companies in the generated bulk snapshot.")
 @click.option("--sensor-interval", default=5, show_default=True, help="Seconds between sensor ticks.")
 @click.option("--timeout", default=900, show_default=True, help="Give up after this many seconds.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the state here (default: a fresh temporary directory, removed afterwards).")  # fmt: skip
-def demo_command(events: int, seed: int, bulk_rows: int, sensor_interval: int, timeout: int, data_dir: Path | None) -> None:
+def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_interval: int, timeout: int, data_dir: Path | None) -> None:
     """Run the whole flow headless to completion, print a summary, exit 0 only if core matches the events.
 
     Broker, replay server, producer and the Dagster daemon (Kafka sensor -> stream partitions,
@@ -395,7 +404,7 @@ def demo_command(events: int, seed: int, bulk_rows: int, sensor_interval: int, t
         os.environ.pop(name, None)
     settings = Settings.from_env()
     started = time.monotonic()
-    stack = LocalStack(settings, events=events, rate=None, seed=seed, kafka_port=free_port(), sensor_interval=sensor_interval)
+    stack = LocalStack(settings, events=events, rate=rate, seed=seed, kafka_port=free_port(), sensor_interval=sensor_interval)
     try:
         with stop_on_signals() as state:
             stack.start_kafka()
@@ -471,7 +480,7 @@ def print_summary(console, served: int, progress: DemoProgress, result: dict, el
         ("bulk rows", f"{counts['bulk rows']:,}"),
         ("core rows (expected)", f"{counts['core rows']:,} ({result['expected']:,})"),
         ("core rows differing from ground truth", f"{len(result['mismatched']):,}"),
-        ("watermark (partition, last offset, last published_at)", "\n".join(str(tuple(r)) for r in result["watermark"])),
+        ("watermark: last offset per Kafka partition", ", ".join(f"p{row[0]}: {row[1]:,}" for row in result["watermark"])),
         ("dbt runs", f"{len(progress.core_runs)}"),
         ("elapsed seconds", f"{elapsed:.1f}"),
         ("event -> core latency p50 / p95 (s)", f"{p50:.1f} / {p95:.1f}" if lat else "n/a"),
