@@ -8,7 +8,8 @@ run of ``company_house_stream``), ``dbt`` (a real run of ``ch_dbt_models``). A f
 between or inside these steps, usually by SIGKILLing a child process (``faulty_producer.py``,
 ``faulty_landing.py``, a ``dbt`` process), and then ``catch_up`` does what the running pipeline
 would do next and measures the result against the ground truth computed in Python from the
-served events (``ch_pipeline.local_stack.compare_core``).
+served events (``ch_pipeline.local_stack.expected_core``: the bulk rows, then each company's newest
+event) and against Kafka itself (every offset landed exactly once).
 
 What recovery assumes (the same as production): the producer is restarted (it resumes from its
 checkpoint), a landing run that died is re-executed (Dagster's run retries, or "materialize
@@ -18,9 +19,7 @@ missing" in the UI: ``land_missing``), and the next dbt build runs the whole mod
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -57,15 +56,15 @@ LANDING_FAULTS = ("landing_before_write", "landing_during_write", "landing_after
 DBT_FAULTS = (("between snapshot and core", "company_house_deletions"), ("between core and watermark", "company_house_core"))
 DBT_MODEL_ORDER = ("snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp")
 STREAM_ASSET = dg.AssetKey("company_house_stream")
+MAX_UNANSWERED_TICKS = 3
+
+
+class KafkaDidNotAnswer(AssertionError):
+    """The Kafka sensor kept skipping its ticks: the broker did not answer its offset probe."""
 
 
 def fast_backoff() -> Backoff:
     return Backoff(initial=0.02, cap=0.2)
-
-
-def sigkill_self() -> None:
-    """Die the way a power cut or the OOM killer does: no handler, no flush, no finally."""
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -108,6 +107,7 @@ class Pipeline:
     cursor: str | None = None
     watermarks: list[dict[int, int]] = field(default_factory=list)
     dbt_runs: int = 0
+    last_skip_reason: str | None = None
 
     @property
     def kafka(self) -> KafkaResource:
@@ -153,12 +153,18 @@ class Pipeline:
 
     # --- Kafka sensor and landing ----------------------------------------------------------
 
-    def tick(self, save_cursor: bool = True) -> list[str]:
-        """One evaluation of the real Kafka sensor; its partitions are added as the daemon would."""
+    def tick(self, save_cursor: bool = True) -> list[str] | None:
+        """One evaluation of the real Kafka sensor; its partitions are added as the daemon would.
+
+        The keys of the runs it requests; None when it skipped because Kafka did not answer.
+        """
         sensor = build_kafka_sensor(max_batch_messages=MAX_BATCH_MESSAGES)
         result = sensor(dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"kafka": self.kafka}))
-        if not isinstance(result, dg.SensorResult) or not result.run_requests:
-            if save_cursor and isinstance(result, dg.SensorResult) and result.cursor:
+        if not isinstance(result, dg.SensorResult):
+            self.last_skip_reason = result.skip_message
+            return None
+        if not result.run_requests:
+            if save_cursor and result.cursor:
                 self.cursor = result.cursor
             return []
         for request in result.dynamic_partitions_requests:
@@ -238,7 +244,15 @@ class Pipeline:
     # --- catching up and measuring ----------------------------------------------------------
 
     def land_everything_new(self) -> None:
-        while keys := self.tick():
+        """Ticks and their runs until a tick finds nothing new. A tick that skipped because Kafka did
+        not answer in time (seen right after a broker restart) is followed by another, as the daemon's."""
+        unanswered = 0
+        while (keys := self.tick()) != []:
+            if keys is None:
+                unanswered += 1
+                if unanswered > MAX_UNANSWERED_TICKS:
+                    raise KafkaDidNotAnswer(f"{unanswered} sensor ticks in a row skipped: {self.last_skip_reason}")
+                continue
             for key in keys:
                 self.land(key)
 
