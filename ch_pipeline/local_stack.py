@@ -160,6 +160,8 @@ class LocalStack:
             "CH_WAREHOUSE": "duckdb",
             "DBT_TARGET": "duckdb",
             "DAGSTER_HOME": str(prepare_dagster_home(self.data_dir)),
+            # The venv's console scripts (dbt, dagster) for every child, activated or not.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         env.pop("CH_STREAM_API_KEY", None)  # the replay server needs none; never send a real key to it
         if self.sensor_interval:

@@ -38,7 +38,7 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
 @dg.asset(
     name=BULK_TABLE,
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
-    group_name="warehouse",
+    group_name="company_house",
     kinds={"csv", "duckdb", "bigquery"},
     # Loaded once when missing (a fresh warehouse); a failed load is not retried in a loop. A new
     # monthly file is loaded by materializing it (run config `source`, or CH_BULK_CSV).

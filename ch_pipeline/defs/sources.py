@@ -9,7 +9,7 @@ import dagster as dg
 companies_house_stream_api = dg.AssetSpec(
     key="companies_house_streaming_api",
     description="Companies House streaming API, /companies (HTTP long-lived NDJSON, resumable by timepoint).",
-    group_name="sources",
+    group_name="company_house",
     kinds={"api"},
     metadata={"url": "https://stream.companieshouse.gov.uk/companies"},
 )
@@ -18,7 +18,7 @@ company_house_topic = dg.AssetSpec(
     key="company_house_topic",
     description="Kafka topic company_house: one message per stream event, keyed by company_number, "
     "value = the original event JSON. Fed by `ch-pipeline produce`.",
-    group_name="sources",
+    group_name="company_house",
     kinds={"kafka"},
     deps=[companies_house_stream_api],
 )

@@ -42,7 +42,7 @@ stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ra
     partitions_def=stream_partitions,
     deps=[company_house_topic],
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
-    group_name="stream",
+    group_name="company_house",
     kinds={"kafka", "python"},
     description="Every Kafka message of the topic as a typed row, landed exactly once per offset. "
     "A partition is the offset range its key names (p0:1200-1349,p1:800-899); re-materializing it "

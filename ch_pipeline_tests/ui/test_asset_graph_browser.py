@@ -5,6 +5,7 @@ Opens the asset graph of the project's code location and checks that the whole l
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,16 @@ from ch_pipeline.kafka.broker import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ASSETS_ON_GRAPH = ["companies_house_streaming_api", "company_house_topic"]
+ASSETS_ON_GRAPH = [
+    "companies_house_streaming_api",
+    "company_house_topic",
+    "company_house_stream",
+    "company_house_bulk",
+    "snapshot_streamed_data",
+    "company_house_core",
+    "get_last_timestamp",
+]
+STREAM_PARTITION = "p0:0-4,p1:0-4"
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -27,12 +37,46 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def land_one_stream_partition(home: Path, data: Path, bootstrap: str) -> None:
+    """A real stream run into the instance the webserver will show (so it has a partition)."""
+    import dagster as dg
+    from confluent_kafka import Producer
+
+    from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
+    from ch_pipeline.defs.stream import company_house_stream, stream_partitions
+    from ch_pipeline.kafka.broker import create_topic
+
+    create_topic(bootstrap, "company_house", 2)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for partition in (0, 1):
+        for n in range(5):
+            number = f"0{partition}00000{n}"
+            flat = {"company_name": f"UI TEST {n} LTD", "company_number": number, "company_status": "active",
+                    "date_of_creation": "2020-01-01", "postal_code": "EC1A 1BB", "published_at": "2026-01-01T00:00:00"}  # fmt: skip
+            producer.produce("company_house", key=number, value=json.dumps(flat), partition=partition)
+    assert producer.flush(10) == 0
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(stream_partitions.name, [STREAM_PARTITION])
+        result = dg.materialize(
+            [company_house_stream],
+            partition_key=STREAM_PARTITION,
+            instance=instance,
+            resources={
+                "kafka": KafkaResource(bootstrap_servers=bootstrap, topic="company_house"),
+                "warehouse": WarehouseResource(duckdb_path=str(data / "warehouse.duckdb")),
+            },
+        )
+        assert result.success
+
+
 @pytest.fixture(scope="module")
-def dagster_webserver(tmp_path_factory):
+def dagster_webserver(tmp_path_factory, broker):
     home = tmp_path_factory.mktemp("dagster_home")
+    data = tmp_path_factory.mktemp("data")
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    land_one_stream_partition(home, data, broker.bootstrap_servers)
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "CH_DATA_DIR": str(home / "data")}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "CH_DATA_DIR": str(data), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
     log = open(home / "dagster-dev.log", "wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
@@ -76,5 +120,11 @@ def test_asset_graph_shows_the_whole_lineage(dagster_webserver, tmp_path):
         for asset in ASSETS_ON_GRAPH:
             page.get_by_text(asset, exact=True).first.wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(tmp_path / "asset_graph.png"), full_page=True)
+
+        # The stream asset's partitions: the landed offset range is there, by its key.
+        page.goto(f"{dagster_webserver}/assets/company_house_stream?view=partitions", wait_until="networkidle", timeout=60_000)
+        page.get_by_text(STREAM_PARTITION).first.wait_for(state="visible", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "stream_partitions.png"), full_page=True)
         browser.close()
     assert (tmp_path / "asset_graph.png").stat().st_size > 10_000
+    assert (tmp_path / "stream_partitions.png").stat().st_size > 10_000
