@@ -45,6 +45,9 @@ class ReplayServer:
     events: int = 1000
     seed: int = 0
     rate: float | None = None  # events per second on each connection; None = as fast as possible
+    # The first `history` events are already in the past: served at once, as the real API replays its
+    # retained events to a client resuming from an old timepoint; `rate` applies after them.
+    history: int = 0
     first_timepoint: int = 1
     retain: int | None = None  # only the last `retain` timepoints can be resumed from (else 416)
     heartbeat_interval: float = 5.0
@@ -160,11 +163,12 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             self.close_connection = True
 
         def _stream_from(self, index: int) -> None:
-            sent_on_connection = 0
+            sent_on_connection = sent_live = 0
             started = last_write = time.monotonic()
             while not server._stopping.is_set():
                 now = time.monotonic()
-                next_event_at = started + sent_on_connection / server.rate if server.rate else now
+                live = index >= server.history
+                next_event_at = started + sent_live / server.rate if server.rate and live else now
                 if index < len(server.lines) and now >= next_event_at:
                     line = server.lines[index]
                     if server.drop_after is not None and sent_on_connection >= server.drop_after and server._take_drop():
@@ -172,6 +176,10 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                     self._send_line(line)
                     index += 1
                     sent_on_connection += 1
+                    if live:
+                        sent_live += 1
+                    else:
+                        started = now  # the live rate starts when the history has been sent
                     last_write = now
                     continue
                 if now - last_write >= server.heartbeat_interval:

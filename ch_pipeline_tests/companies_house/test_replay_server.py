@@ -38,6 +38,14 @@ def test_heartbeats_are_sent_between_paced_events():
     assert b"" in lines and server.lines[1] in lines
 
 
+def test_history_is_served_at_once_then_the_live_rate_applies():
+    # 200 past events at 1 event/s would take minutes; as history they come before any heartbeat.
+    with ReplayServer(events=205, seed=2, rate=1, history=200, heartbeat_interval=0.2) as server:
+        lines = read_lines(server.url, 202)
+    assert lines[:200] == server.lines[:200], "the history arrives back to back, no heartbeat between"
+    assert b"" in lines[200:], "then the live events are paced, with heartbeats in between"
+
+
 def test_resume_is_inclusive_and_the_retained_window_is_enforced():
     with ReplayServer(events=100, seed=2, first_timepoint=1000, retain=40, heartbeat_interval=0.05) as server:
         first = read_lines(server.url, 1, params={"timepoint": 1070})[0]
