@@ -15,6 +15,7 @@ claim on the last landed offsets before Dagster starts.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -142,10 +143,29 @@ class LocalStack:
             raise click.ClickException(f"the local broker did not start: {exc}") from exc
         self.broker.create_topic(self.settings.kafka_topic, TOPIC_PARTITIONS)
 
-    def start_replay_server(self) -> None:
+    def start_replay_server(self, port: int = 0, history_until: int | None = None) -> None:
+        """The replay server; events up to timepoint ``history_until`` are history, served at once."""
         from ch_pipeline.companies_house.replay_server import ReplayServer
 
-        self.replay = ReplayServer(events=self.events, seed=self.seed, rate=self.rate, heartbeat_interval=2.0).start()
+        self.replay = ReplayServer(events=self.events, seed=self.seed, rate=self.rate, heartbeat_interval=2.0, port=port)
+        if history_until is not None:
+            self.replay.history = bisect.bisect_right(self.replay.timepoints, history_until)
+        try:
+            self.replay.start()
+        except OSError as exc:
+            raise click.ClickException(f"the replay server cannot listen on 127.0.0.1:{port} ({exc}): pass --replay-port") from exc
+
+    def wait_for_refill(self, timepoint: int, timeout: float = 300.0) -> None:
+        """Block until the producer delivered everything up to ``timepoint`` again (a resumed run)."""
+        from ch_pipeline.kafka.checkpoint import read_checkpoint
+
+        deadline = time.monotonic() + timeout
+        while (read_checkpoint(self.settings.checkpoint_path, self.replay.url) or 0) < timepoint:
+            if self.children.returncode("producer") is not None:
+                raise click.ClickException(f"the producer stopped while refilling; see {self.data_dir / 'producer.log'}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the broker was not refilled within {timeout:.0f}s; see {self.data_dir / 'producer.log'}")
+            time.sleep(0.5)
 
     def env(self) -> dict[str, str]:
         assert self.broker is not None and self.replay is not None
@@ -201,13 +221,24 @@ def stop_on_signals() -> Iterator[dict[str, bool]]:
 # --------------------------------------------------------------------------------------- run
 
 
+def previous_checkpoint(path: Path, replay_port: int) -> int | None:
+    """The timepoint the last local run had delivered, if any (its topic must be refilled to there)."""
+    from ch_pipeline.kafka.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        return read_checkpoint(path, f"http://127.0.0.1:{replay_port}/companies")
+    except CheckpointError:
+        return None  # another stream's checkpoint: nothing of ours to refill
+
+
 @click.command("run")
 @click.option("--port", default=3000, show_default=True, help="Dagster webserver port (bound to 127.0.0.1).")
 @click.option("--kafka-port", default=9092, show_default=True, help="Local broker port.")
 @click.option("--events", default=200_000, show_default=True, help="Events in the replay server's history.")
 @click.option("--rate", default=50.0, show_default=True, help="Events per second streamed by the replay server.")
+@click.option("--replay-port", default=8765, show_default=True, help="Replay server port.")
 @click.option("--sensor-interval", default=15, show_default=True, help="Seconds between Kafka/automation sensor ticks.")
-def run_command(port: int, kafka_port: int, events: int, rate: float, sensor_interval: int) -> None:
+def run_command(port: int, kafka_port: int, events: int, rate: float, replay_port: int, sensor_interval: int) -> None:
     """Run the whole pipeline locally: broker, replay server, producer, Dagster UI. Ctrl-C stops all.
 
     State (DuckDB file, Dagster instance, logs) lives under CH_DATA_DIR (default ./.ch-data);
@@ -220,13 +251,16 @@ def run_command(port: int, kafka_port: int, events: int, rate: float, sensor_int
     with stop_on_signals() as state:
         try:
             stack.start_kafka()
-            stack.start_replay_server()
-            resumed = settings.checkpoint_path.exists()
-            # The memory broker starts empty: refill it from the first event (same offsets, see module doc).
+            previous = previous_checkpoint(settings.checkpoint_path, replay_port)
+            stack.start_replay_server(port=replay_port, history_until=previous)
+            # The memory broker starts empty: refill it from the first event (same offsets, see the
+            # module doc), and only then start Dagster, whose cursor and partitions point into it.
             settings.checkpoint_path.unlink(missing_ok=True)
             stack.start_producer()
-            if resumed:
-                click.echo("resuming: refilling the new in-memory broker from the replay history (same offsets)")
+            if previous:
+                click.echo(f"resuming: refilling the new in-memory broker with the first {previous:,} events ...")
+                stack.wait_for_refill(previous)
+                click.echo("refilled: every message is back at its offset")
             env = stack.env()
             stack.children.start(
                 "dagster dev", [venv_executable("dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)], env,
