@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.defs.metadata import column_schema
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.settings import Settings
 from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
@@ -47,11 +48,7 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
     ).with_label("missing"),
     description="Companies House bulk snapshot (BasicCompanyDataAsOneFile, monthly), cleaned: one row per "
     "company, statuses and postcodes in the stream's form. The core table's first build starts from it.",
-    metadata={
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in BULK_COLUMNS]
-        ),
-    },
+    metadata=column_schema(BULK_COLUMNS),
 )
 def company_house_bulk(
     context: dg.AssetExecutionContext, config: BulkLoadConfig, warehouse: WarehouseResource

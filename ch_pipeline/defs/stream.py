@@ -14,6 +14,7 @@ import json
 import dagster as dg
 import pyarrow.compute as pc
 
+from ch_pipeline.defs.metadata import column_schema
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.sources import company_house_topic
 from ch_pipeline.kafka.offsets import (
@@ -47,11 +48,7 @@ stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ra
     description="Every Kafka message of the topic as a typed row, landed exactly once per offset. "
     "A partition is the offset range its key names (p0:1200-1349,p1:800-899); re-materializing it "
     "replaces its rows. Unparseable messages go to company_house_stream_rejects.",
-    metadata={
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(c.name, c.duckdb_type, description=c.description) for c in STREAM_COLUMNS]
-        ),
-    },
+    metadata=column_schema(STREAM_COLUMNS),
 )
 def company_house_stream(
     context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
