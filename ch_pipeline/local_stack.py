@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
 
 import click
@@ -55,7 +55,8 @@ def prepare_dagster_home(data_dir: Path) -> Path:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.get_runs(limit=1)
         instance.get_latest_materialization_event(dg.AssetKey("company_house_stream"))
-        instance.schedule_storage.all_instigator_state() if instance.schedule_storage else None
+        if instance.schedule_storage:
+            instance.schedule_storage.all_instigator_state()
     return home
 
 
@@ -461,6 +462,7 @@ def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_int
 
             instance = dg.DagsterInstance.get()
             progress_state = DemoProgress()
+            final_count = False
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=console) as bars:  # fmt: skip
                 produced = bars.add_task("Kafka messages", total=len(served))
@@ -477,7 +479,12 @@ def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_int
                     producer_done = stack.children.returncode("producer")
                     if producer_done not in (None, 0):
                         raise click.ClickException(f"the producer failed; see {root / 'producer.log'}")
-                    progress_state.messages = kafka_message_count(settings.kafka_client_config() | {"bootstrap.servers": stack.broker.bootstrap_servers}, settings.kafka_topic)
+                    # The topic's final size is known once the producer has exited; count it once then.
+                    if producer_done is None or not final_count:
+                        progress_state.messages = kafka_message_count(
+                            {"bootstrap.servers": stack.broker.bootstrap_servers}, settings.kafka_topic
+                        )
+                        final_count = producer_done == 0
                     if producer_done is None:
                         progress_state.messages = min(progress_state.messages, len(served) - 1)  # not final yet
                     poll_instance(instance, progress_state)

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
-from ch_pipeline.defs.metadata import column_schema
+from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.settings import Settings
 from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
@@ -39,7 +39,7 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
 @dg.asset(
     name=BULK_TABLE,
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
-    group_name="company_house",
+    group_name=ASSET_GROUP,
     kinds={"csv", "duckdb", "bigquery"},
     # Loaded once when missing (a fresh warehouse); a failed load is not retried in a loop. A new
     # monthly file is loaded by materializing it (run config `source`, or CH_BULK_CSV).

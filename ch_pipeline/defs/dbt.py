@@ -17,16 +17,14 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from ch_pipeline.defs.metadata import ASSET_GROUP
 from ch_pipeline.settings import env_or_default, sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
 ch_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-# One group for the whole path: the lineage graph opens on every asset, API to watermark.
-DBT_GROUP = "company_house"
 SNAPSHOT_MODEL = "snapshot_streamed_data"
 CORE_MODEL = "company_house_core"
-WATERMARK_MODEL = "get_last_timestamp"
 
 
 def dbt_executable() -> str:
@@ -100,7 +98,7 @@ class ChDbtTranslator(DagsterDbtTranslator):
         return dg.AssetKey(dbt_resource_props["name"])
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
-        return DBT_GROUP
+        return ASSET_GROUP
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
         # The other models follow the core: they are in its execution set (see as_one_unit).

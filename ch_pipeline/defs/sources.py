@@ -6,10 +6,12 @@ API -> topic -> stream -> dbt on the lineage graph.
 
 import dagster as dg
 
+from ch_pipeline.defs.metadata import ASSET_GROUP
+
 companies_house_stream_api = dg.AssetSpec(
     key="companies_house_streaming_api",
     description="Companies House streaming API, /companies (HTTP long-lived NDJSON, resumable by timepoint).",
-    group_name="company_house",
+    group_name=ASSET_GROUP,
     kinds={"api"},
     metadata={"url": "https://stream.companieshouse.gov.uk/companies"},
 )
@@ -18,7 +20,7 @@ company_house_topic = dg.AssetSpec(
     key="company_house_topic",
     description="Kafka topic company_house: one message per stream event, keyed by company_number, "
     "value = the original event JSON. Fed by `ch-pipeline produce`.",
-    group_name="company_house",
+    group_name=ASSET_GROUP,
     kinds={"kafka"},
     deps=[companies_house_stream_api],
 )

@@ -14,7 +14,7 @@ import json
 import dagster as dg
 import pyarrow.compute as pc
 
-from ch_pipeline.defs.metadata import column_schema
+from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.sources import company_house_topic
 from ch_pipeline.kafka.offsets import (
@@ -43,7 +43,7 @@ stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ra
     partitions_def=stream_partitions,
     deps=[company_house_topic],
     pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
-    group_name="company_house",
+    group_name=ASSET_GROUP,
     kinds={"kafka", "python"},
     description="Every Kafka message of the topic as a typed row, landed exactly once per offset. "
     "A partition is the offset range its key names (p0:1200-1349,p1:800-899); re-materializing it "

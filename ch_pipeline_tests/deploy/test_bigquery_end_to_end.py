@@ -6,10 +6,8 @@ the tutorial got wrong) is landed batch by batch through our warehouse implement
 (``dg.materialize`` of ``ch_dbt_models``; dbt-bigquery against the emulator). After every
 incremental step the BigQuery core equals the Python ground truth of the DuckDB dbt tests; at the
 end dbt on DuckDB, over the same landings, gives the same core and the same watermark.
-
-One emulator gap is bridged here, not in production code: the bulk asset's BigQuery load job sets
-``allow_quoted_newlines`` (the real bulk file may need it), which the emulator refuses, so this
-test loads the same staging table without that flag and then runs the production cleaning query.
+The bulk baseline goes through the production BigQuery bulk load (``load_bigquery``: CSV load job
+into a staging table, then the cleaning query).
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key
-from ch_pipeline.warehouse.bulk_load import BIGQUERY, STAGING_COLUMNS, cleaning_select
+from ch_pipeline.warehouse.bulk_load import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import connect, create_stream_tables
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
@@ -60,25 +58,6 @@ def warehouses(bigquery_emulator: BigQueryEmulator, bigquery_dataset: str, tmp_p
         bigquery_api_endpoint=bigquery_emulator.endpoint,
     )
     return bigquery, WarehouseResource(kind="duckdb", duckdb_path=str(duckdb_path))
-
-
-def load_bulk_on_emulator(warehouse: WarehouseResource, source: Path) -> None:
-    """``load_bigquery`` minus ``allow_quoted_newlines`` (refused by the emulator), same cleaning SQL."""
-    from google.cloud import bigquery
-
-    client = warehouse.bigquery_client()
-    staging = f"{client.project}.{warehouse.bigquery_dataset}.{BULK_TABLE}_staging"
-    config = bigquery.LoadJobConfig(
-        source_format=bigquery.SourceFormat.CSV,
-        skip_leading_rows=1,
-        schema=[bigquery.SchemaField(name, "STRING") for name in STAGING_COLUMNS],
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-    )
-    with source.open("rb") as stream:
-        client.load_table_from_file(stream, staging, job_config=config).result()
-    target = f"{client.project}.{warehouse.bigquery_dataset}.{BULK_TABLE}"
-    client.query(f"create or replace table `{target}` as\n{cleaning_select(f'`{staging}`', BIGQUERY)}").result()
-    client.delete_table(staging, not_found_ok=True)
 
 
 def stream_row(event: Event, stream_partition: str, now: datetime) -> dict:
@@ -147,7 +126,7 @@ def test_core_on_the_bigquery_emulator_equals_the_ground_truth_and_duckdb(wareho
     bulk = parse_bulk_csv(bulk_csv)
     instance = dg.DagsterInstance.ephemeral()
 
-    # Baseline: the real bulk asset on DuckDB; the same file and cleaning SQL on the emulator.
+    # Baseline: the real bulk asset on DuckDB; the same file through the BigQuery bulk load on the emulator.
     loaded = dg.materialize(
         [company_house_bulk],
         resources={"warehouse": duckdb},
@@ -155,7 +134,7 @@ def test_core_on_the_bigquery_emulator_equals_the_ground_truth_and_duckdb(wareho
         instance=instance,
     )
     assert loaded.success
-    load_bulk_on_emulator(bigquery, bulk_csv)
+    load_bigquery(bigquery.bigquery_client(), bigquery.bigquery_dataset, str(bulk_csv))
     bigquery.warehouse().create_stream_tables()
     with connect(duckdb_path) as con:
         create_stream_tables(con)
