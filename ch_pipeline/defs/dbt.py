@@ -55,29 +55,66 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
-# Declarative automation (DESIGN §7, §11). The four models are one execution set (`as_one_unit`),
-# so one condition decides for all of them; it sits on the core, the only model that reads both
-# inputs. `eager()` never fires below a growing dynamic partition set (the newest stream partition
-# exists, so counts as missing, before its run ends, and then it is in progress); this is eager()
-# without those two guards on the stream: fire when the stream or the bulk table was updated, or the
-# core is missing, once the stream has landed a partition (its table exists only then) and the bulk
-# table exists or is requested in the same tick.
-# "Handled" = requested or updated. Unlike since_last_handled(), the sensor's first evaluation does
-# not count as handled, so data that landed before the sensor's first tick still triggers a build.
-INPUTS = dg.AssetSelection.assets(STREAM_TABLE, BULK_TABLE)
-handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
-inputs_updated = dg.AutomationCondition.any_deps_match(
-    dg.AutomationCondition.newly_updated() | dg.AutomationCondition.will_be_requested()
-).allow(INPUTS)
+# Declarative automation (docs/architecture.md, "Automation"). The four models are one execution set
+# (`as_one_unit`), so one condition decides for all of them; it sits on the core, the only model
+# that reads both inputs. `eager()` never fires below a growing dynamic partition set (the newest
+# stream partition exists, so counts as missing, before its run ends, and then it is in progress).
+# Nor can the trigger be an event reset by `.since(newly_requested | newly_updated)`: a landing that
+# waited for the duckdb pool behind a build ends 1-5 s after it, its update and the build's reset
+# fall in the same evaluation, the reset wins and the landing never reaches the core. The trigger is
+# therefore a comparison of recorded facts, true until a build has seen the data:
+INPUTS = (STREAM_TABLE, BULK_TABLE)
+
+
+class InputLandedAfterLastBuild(dg.AutomationCondition):
+    """True while a stream partition or the bulk table was materialized after the latest build of
+    this asset started (or it was never built).
+
+    A build reads every input committed before it started, so an input materialized earlier is in
+    it; one materialized later may not be, and keeps this true until a build starts after it. At
+    worst that costs one build too many, never a lost one. A build that failed counts as having
+    started: run retries re-run it, and a build that keeps failing does not loop every tick.
+    """
+
+    @property
+    def name(self) -> str:
+        return "input_landed_after_last_build"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        records = {r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([context.key, *map(dg.AssetKey, INPUTS)])}
+        newest_input = max(
+            (entry.last_materialization_record.timestamp for key, entry in records.items()
+             if key != context.key and entry.last_materialization_record),
+            default=None,
+        )  # fmt: skip
+        last_build = _last_build_started(instance, records.get(context.key))
+        landed_after = newest_input is not None and (last_build is None or newest_input > last_build)
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if landed_after else context.get_empty_subset())
+
+
+def _last_build_started(instance: dg.DagsterInstance, entry) -> float | None:
+    """When the latest run planned to build the asset started (queued: created); a materialization
+    reported without a run (by hand) counts as a build at its own time."""
+    if entry is None:
+        return None
+    times = []
+    # The latest run that materialized it, or that is planned to (queued or in flight).
+    for run_id in {entry.last_run_id, entry.last_planned_materialization_run_id} - {None, ""}:
+        run = instance.get_run_record_by_id(run_id)
+        if run is not None:
+            times.append(run.start_time or run.create_timestamp.timestamp())
+    if entry.last_materialization_record and not entry.last_materialization_record.run_id:
+        times.append(entry.last_materialization_record.timestamp)
+    return max(times, default=None)
+
+
 stream_has_landed = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(
     dg.AssetSelection.assets(STREAM_TABLE)
 )
 bulk_missing = dg.AutomationCondition.any_deps_missing().allow(dg.AssetSelection.assets(BULK_TABLE))
 after_new_stream_data = (
-    (dg.AutomationCondition.missing() | inputs_updated).since(handled)
-    & ~dg.AutomationCondition.in_progress()
-    & stream_has_landed
-    & ~bulk_missing
+    InputLandedAfterLastBuild() & ~dg.AutomationCondition.in_progress() & stream_has_landed & ~bulk_missing
 ).with_label("after new stream data")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
@@ -154,4 +191,6 @@ dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=sensor_interval_seconds(30),
     description="Runs the dbt models after new stream partitions land (and loads the bulk snapshot when missing).",
+    # The core's condition reads the instance (InputLandedAfterLastBuild): it runs where the code is.
+    use_user_code_server=True,
 )
