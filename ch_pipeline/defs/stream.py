@@ -32,6 +32,7 @@ from ch_pipeline.warehouse.schema import STREAM_COLUMNS
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (DESIGN §11): poll every 30 s and batch per tick.
 DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
+LANDING_MAX_RUNTIME_SECONDS = 600
 # A broker that does not answer within this skips the tick (the daemon retries at the next one).
 PROBE_TIMEOUT_SECONDS = 5.0
 
@@ -68,6 +69,10 @@ company_house_stream_job = dg.define_asset_job(
     "company_house_stream_job",
     selection=[company_house_stream],
     executor_def=dg.in_process_executor,
+    # A landing takes seconds (plus at most one other run's turn in the duckdb pool): a run still
+    # STARTED after this is one whose worker died unseen (with its code server), and run monitoring
+    # fails it so that run retries land the partition again.
+    tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS)},
 )
 
 
