@@ -8,16 +8,24 @@ basic auth with the stream key as user and an empty password; NDJSON whose chunk
 with lines; blank lines are heartbeats; ``?timepoint=N`` resumes; 401 = key rejected, 416 =
 timepoint invalid or too old (about 3 days are kept), 429 = rate limited; 5xx and dropped
 connections happen in practice.
+
+What the server sends is bounded before it is trusted (issue 19): a line over ``MAX_LINE_BYTES`` is
+dropped with a warning without being buffered, JSON nested past the interpreter's recursion limit is
+a line that is not JSON, and ``Retry-After`` is honoured only as a finite wait up to ``MAX_RETRY_AFTER``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 import requests
 import urllib3
@@ -27,6 +35,15 @@ from ch_pipeline.companies_house.events import company_number_of
 log = logging.getLogger(__name__)
 
 HEARTBEAT = b""
+# Real events are a few KB. 4 MiB leaves three orders of magnitude of headroom and stays above
+# librdkafka's 1 MB message.max.bytes default, so an event Kafka could take when that is raised
+# reaches the producer (which dead-letters what it cannot send); only absurd lines are dropped here.
+MAX_LINE_BYTES = 4 << 20
+# Bytes asked of the socket per read: bounds each chunk (also after gzip decoding) on any body.
+READ_SIZE = 64 << 10
+# The longest server-requested wait we honour: long enough for a rate-limit window, short enough
+# that a hostile or broken header cannot park the producer for hours.
+MAX_RETRY_AFTER = 300.0
 
 
 class StreamError(RuntimeError):
@@ -54,7 +71,7 @@ class StreamEvent:
     def parse(cls, raw: bytes) -> "StreamEvent":
         try:
             envelope = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting past the recursion limit is not JSON we can use
             return cls(raw, None, None, None)
         if not isinstance(envelope, dict):
             return cls(raw, None, None, None)
@@ -70,6 +87,8 @@ class Backoff:
     """Capped exponential backoff with jitter: waits ``initial * 2**n`` up to ``cap`` seconds.
 
     The wait is drawn from [delay/2, delay] so that many clients do not reconnect in lockstep.
+    ``at_least`` (the server's Retry-After, already clamped by ``retry_after_seconds``) can make
+    it longer than ``cap``: the server knows its rate-limit window better than our cap does.
     """
 
     initial: float = 1.0
@@ -80,7 +99,9 @@ class Backoff:
     def next_delay(self, at_least: float = 0.0) -> float:
         delay = min(self.cap, self.initial * 2**self.attempt)
         self.attempt += 1
-        return max(min(at_least, self.cap), self.rng.uniform(delay / 2, delay))
+        jittered = self.rng.uniform(delay / 2, delay)
+        # max() with NaN returns NaN and Event.wait(NaN) does not wait: no floor unless finite.
+        return max(at_least, jittered) if math.isfinite(at_least) else jittered
 
     def reset(self) -> None:
         self.attempt = 0
@@ -149,7 +170,7 @@ class CompaniesHouseStream:
 
     def _read(self, response: requests.Response) -> Iterator[StreamEvent]:
         resumed_from = self.timepoint
-        for line in complete_lines(body_chunks(response)):
+        for line in complete_lines(body_chunks(response), on_overlong=self._warn_overlong):
             if self.stopped:
                 return
             if line.strip() == HEARTBEAT:
@@ -161,6 +182,13 @@ class CompaniesHouseStream:
                 self.timepoint = event.timepoint
             self.backoff.reset()
             yield event
+
+    def _warn_overlong(self, length: int) -> None:
+        log.warning(
+            "dropped an event line of %d bytes, over the %d-byte limit, after timepoint %s; "
+            "continuing with the next line",
+            length, MAX_LINE_BYTES, self.timepoint,
+        )  # fmt: skip
 
     def _handle_error_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -202,36 +230,90 @@ class CompaniesHouseStream:
 def body_chunks(response: requests.Response) -> Iterator[bytes]:
     """The body's bytes as they arrive, never waiting to fill a buffer on an endless stream.
 
-    A chunked body (the API's) is read chunk by chunk; a body without chunked encoding (a proxy
-    may strip it) is read with ``read1``, which returns what has arrived instead of blocking for more.
+    A chunked body (the API's) is read chunk by chunk, a long chunk in ``READ_SIZE`` pieces (so one
+    huge chunk is never held whole); a body without chunked encoding (a proxy may strip it) is read
+    with ``read1``, which returns what has arrived instead of blocking for more.
     """
     if response.raw.chunked:
-        yield from response.iter_content(chunk_size=None)
+        yield from response.iter_content(chunk_size=READ_SIZE)
         return
-    while chunk := response.raw.read1(65536, decode_content=True):
+    while chunk := response.raw.read1(READ_SIZE, decode_content=True):
         yield chunk
 
 
-def complete_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Reassemble lines from chunks that do not align with them.
+def _log_overlong(length: int) -> None:
+    log.warning("dropped a line of %d bytes, over the %d-byte limit", length, MAX_LINE_BYTES)
+
+
+def complete_lines(
+    chunks: Iterator[bytes],
+    max_line_bytes: int = MAX_LINE_BYTES,
+    on_overlong: Callable[[int], None] = _log_overlong,
+) -> Iterator[bytes]:
+    """Reassemble lines from chunks that do not align with them, in time and memory linear in the input.
+
+    Only the new chunk is split, and the partial line grows in place: re-joining it with every
+    chunk would copy it again each time (quadratic). A line over ``max_line_bytes`` is not
+    yielded: as soon as it is known to be too long its bytes are counted, not kept, up to its
+    newline; then ``on_overlong(length)`` is called and the next line is read as usual.
 
     A last line without its newline when the stream ends was cut by the disconnect: it is not
     yielded (the reconnect resumes before it), so a truncated event is never taken as received.
     """
-    pending = b""
+    pending = bytearray()  # the start of the current line, never more than max_line_bytes
+    skipped = 0  # bytes of the current line counted and dropped: it is over the limit
     for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from lines
-    if pending:
-        log.warning("discarded a truncated line of %d bytes at disconnect", len(pending))
+        *ends, tail = chunk.split(b"\n")
+        for end in ends:  # only the first can continue the pending line; the rest start empty
+            length = skipped + len(pending) + len(end)
+            if length > max_line_bytes:
+                on_overlong(length)
+            else:
+                yield b"".join((pending, end)) if pending else end
+            pending, skipped = bytearray(), 0
+        if skipped or len(pending) + len(tail) > max_line_bytes:
+            skipped += len(pending) + len(tail)
+            pending = bytearray()
+        else:
+            pending += tail
+    if pending or skipped:
+        log.warning("discarded a truncated line of %d bytes at disconnect", skipped + len(pending))
 
 
 def _retry_after(response: requests.Response) -> float:
+    seconds = retry_after_seconds(response.headers.get("Retry-After"))
+    return 0.0 if seconds is None else seconds  # 0: our own backoff decides
+
+
+# RFC 9110 delay-seconds is digits only; a fraction is tolerated. float() alone would also take
+# "nan", "inf", "-5" and "1e9", which is how a header once disabled the backoff.
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")  # not \d: it also matches non-ASCII digits
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for, clamped to ``[0, MAX_RETRY_AFTER]``.
+
+    Accepts delay-seconds and an HTTP-date (a date in the past means now); ``None`` for a missing
+    or unusable value, so that the caller falls back to its normal backoff.
+    """
+    value = (value or "").strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        seconds = float(value)  # a huge digit string is inf here, and clamped below
+    else:
+        seconds = _seconds_until_http_date(value, now or datetime.now(timezone.utc))
+        if seconds is None:
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _seconds_until_http_date(value: str, now: datetime) -> float | None:
     try:
-        return float(response.headers.get("Retry-After", 0))
-    except ValueError:
-        return 0.0  # an HTTP date: fall back to our own backoff
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):  # which one depends on how it is not a date
+        return None
+    if when.tzinfo is None:  # "-0000": UTC without a claim about the local zone (RFC 5322)
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - now).total_seconds()
 
 
 def _snippet(response: requests.Response, limit: int = 120) -> str:
