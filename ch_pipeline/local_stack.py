@@ -5,12 +5,11 @@ deterministic history of generated events), the producer (``ch-pipeline produce`
 process), and Dagster: ``dagster dev`` (UI + daemon) for ``run``, the daemon alone for ``demo``.
 The Kafka sensor and the automation sensor start RUNNING, so data flows with no click.
 
-Resuming ``run`` with a memory broker: the broker is empty after a restart, but the replay server's
-history is deterministic and the producer is idempotent and ordered, so re-producing it from the
-first event puts every message back at the same offset. The local run therefore drops the producer
-checkpoint on start and lets the sensor cursor, the landed partitions and the warehouse carry on:
-the sensor simply waits until the refilled topic passes its cursor. ``verify_refill`` checks the
-claim on the last landed offsets before Dagster starts.
+Resuming ``run`` with a memory broker: the broker is empty after a restart, so the topic is rebuilt
+from what landed (``ch_pipeline.local_restore``: every landed message back at its offset, the
+producer resumed from the last timepoint every Kafka partition landed up to, the Dagster instance
+pointed at the restored log) before Dagster starts; on any gap or mismatch the command refuses to
+start rather than guess.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from pathlib import Path
 import click
 
 from ch_pipeline.kafka.broker import BrokerError, LocalBroker, free_port, port_is_taken
+from ch_pipeline.kafka.checkpoint import write_checkpoint
 from ch_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,18 +156,6 @@ class LocalStack:
         except OSError as exc:
             raise click.ClickException(f"the replay server cannot listen on 127.0.0.1:{port} ({exc}): pass --replay-port") from exc
 
-    def wait_for_refill(self, timepoint: int, timeout: float = 300.0) -> None:
-        """Block until the producer delivered everything up to ``timepoint`` again (a resumed run)."""
-        from ch_pipeline.kafka.checkpoint import read_checkpoint
-
-        deadline = time.monotonic() + timeout
-        while (read_checkpoint(self.settings.checkpoint_path, self.replay.url) or 0) < timepoint:
-            if self.children.returncode("producer") is not None:
-                raise click.ClickException(f"the producer stopped while refilling; see {self.data_dir / 'producer.log'}")
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"the broker was not refilled within {timeout:.0f}s; see {self.data_dir / 'producer.log'}")
-            time.sleep(0.5)
-
     def env(self) -> dict[str, str]:
         assert self.broker is not None and self.replay is not None
         env = {
@@ -232,6 +220,24 @@ def previous_checkpoint(path: Path, replay_port: int) -> int | None:
         return None  # another stream's checkpoint: nothing of ours to refill
 
 
+def restore_local_state(stack: LocalStack, settings: Settings):
+    """A resumed run: the new broker's topic rebuilt from the landed rows, the instance pointed at it."""
+    from ch_pipeline.local_restore import RestoreRefused, reset_instance, restore_topic
+
+    try:
+        restored = restore_topic(settings.duckdb_path, {"bootstrap.servers": stack.broker.bootstrap_servers},
+                                 settings.kafka_topic, TOPIC_PARTITIONS)  # fmt: skip
+    except RestoreRefused as exc:
+        raise click.ClickException(str(exc)) from exc
+    if restored is not None:
+        landed = sum(restored.ends.values())
+        click.echo(f"resuming: {landed:,} landed messages back at their offsets in the new in-memory broker; "
+                   f"the producer resumes after timepoint {restored.resume_timepoint}")  # fmt: skip
+        for change in reset_instance(prepare_dagster_home(settings.data_dir), restored.ends):
+            click.echo(f"resuming: {change}")
+    return restored
+
+
 @click.command("run")
 @click.option("--port", default=3000, show_default=True, help="Dagster webserver port (bound to 127.0.0.1).")
 @click.option("--kafka-port", default=9092, show_default=True, help="Local broker port.")
@@ -252,16 +258,16 @@ def run_command(port: int, kafka_port: int, events: int, rate: float, replay_por
     with stop_on_signals() as state:
         try:
             stack.start_kafka()
+            restored = restore_local_state(stack, settings)
             previous = previous_checkpoint(settings.checkpoint_path, replay_port)
+            # What the last run had streamed is history now, served at once (as the real API replays
+            # its retained events to a client resuming from an old timepoint).
             stack.start_replay_server(port=replay_port, history_until=previous)
-            # The memory broker starts empty: refill it from the first event (same offsets, see the
-            # module doc), and only then start Dagster, whose cursor and partitions point into it.
-            settings.checkpoint_path.unlink(missing_ok=True)
+            if restored is None or restored.resume_timepoint is None:
+                settings.checkpoint_path.unlink(missing_ok=True)
+            else:
+                write_checkpoint(settings.checkpoint_path, restored.resume_timepoint, stack.replay.url)
             stack.start_producer()
-            if previous:
-                click.echo(f"resuming: refilling the new in-memory broker with the first {previous:,} events ...")
-                stack.wait_for_refill(previous)
-                click.echo("refilled: every message is back at its offset")
             env = stack.env()
             stack.children.start(
                 "dagster dev", [venv_executable("dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)], env,
