@@ -89,13 +89,19 @@ def check_header(first_line: str) -> None:
         )
 
 
+def csv_member_info(archive: zipfile.ZipFile) -> zipfile.ZipInfo:
+    """The central-directory entry of the one CSV inside a published .zip (its declared sizes are
+    checked against the loader's caps before anything is read: ``file_size``, ``compress_size``)."""
+    members = [info for info in archive.infolist() if info.filename.lower().endswith(".csv")]
+    if len(members) != 1:
+        raise BulkFormatError(f"{archive.filename} should hold exactly one .csv, found {[m.filename for m in members][:5]}")
+    return members[0]
+
+
 def csv_member(zip_path: Path) -> str:
-    """The one CSV inside a published .zip."""
+    """The name of the one CSV inside a published .zip."""
     with zipfile.ZipFile(zip_path) as archive:
-        names = [n for n in archive.namelist() if n.lower().endswith(".csv")]
-    if len(names) != 1:
-        raise BulkFormatError(f"{zip_path} should hold exactly one .csv, found {names}")
-    return names[0]
+        return csv_member_info(archive).filename
 
 
 # --- A realistic sample, for local runs and tests ------------------------------------------------

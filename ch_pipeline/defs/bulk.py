@@ -9,7 +9,7 @@ from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.settings import Settings
-from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
+from ch_pipeline.warehouse.bulk_load import is_url, load_bigquery, load_duckdb, redact_source
 from ch_pipeline.warehouse.duckdb_warehouse import create_stream_tables
 from ch_pipeline.warehouse.schema import BULK_COLUMNS, BULK_TABLE
 
@@ -19,7 +19,8 @@ SAMPLE_FILE_NAME = "BasicCompanyDataAsOneFile-sample.csv"
 class BulkLoadConfig(dg.Config):
     source: str | None = Field(
         default=None,
-        description="Path or URL of BasicCompanyDataAsOneFile (.csv or the published .zip). "
+        description="Path, or https URL on download.companieshouse.gov.uk, of BasicCompanyDataAsOneFile "
+        "(.csv or the published .zip). "
         "Default: CH_BULK_CSV; when that is unset too, a generated sample under CH_DATA_DIR.",
     )
     sample_rows: int = Field(default=100_000, description="Companies in the generated sample.")
@@ -54,7 +55,8 @@ def company_house_bulk(
     context: dg.AssetExecutionContext, config: BulkLoadConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     source = bulk_source(config, Settings.from_env(), context.log)
-    context.log.info(f"loading the bulk snapshot from {source}")
+    shown = redact_source(source)  # a URL without its query string or userinfo
+    context.log.info(f"loading the bulk snapshot from {shown}")
     # The stream tables are created too (idempotent DDL from schema.py): the first dbt build runs
     # as soon as the bulk table exists, and its snapshot reads the stream table, landed or not.
     if warehouse.kind == "bigquery":
@@ -65,5 +67,5 @@ def company_house_bulk(
             rows = load_duckdb(connection, source, progress=context.log.info)
             create_stream_tables(connection)
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": rows, "source": Path(source).name if "://" not in source else source}
+        metadata={"dagster/row_count": rows, "source": shown if is_url(source) else Path(source).name}
     )
