@@ -5,12 +5,20 @@ Each event line goes to the topic unmodified (value), keyed by company number, w
 own retries, per-partition order kept). The checkpoint holds the last timepoint up to which every
 event has a successful delivery report; a restart resumes there, so a crash re-sends at most the
 events after the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
+
+An event Kafka refuses for good (over ``message.max.bytes``, or rejected by the broker as too large
+or invalid) never stops the producer: it goes to the dead-letter file (NDJSON next to the
+checkpoint, exact bytes in base64, fsynced), is logged as a warning and counted, and the checkpoint
+moves past it. Transient errors (broker down, timeouts) are not refusals: they pin the checkpoint.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -20,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ch_pipeline.companies_house.stream_client import CompaniesHouseStream, StreamError, StreamEvent
 from ch_pipeline.kafka.checkpoint import CheckpointError, DeliveryTracker, read_checkpoint, write_checkpoint
@@ -32,6 +40,10 @@ PRODUCER_GUARANTEES = {"enable.idempotence": True, "acks": "all"}
 TIMEPOINT_HEADER = "timepoint"
 _QUEUE_SIZE = 10_000
 _FLUSH_TIMEOUT = 60.0
+# Errors that refuse this one message whatever we do (too large for the client or the topic, or
+# invalid for the broker): retrying cannot help and would stop the stream at it forever.
+# MSG_SIZE_TOO_LARGE is also the Java client's RecordTooLargeException.
+UNPRODUCIBLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD})
 
 
 class ProducerError(RuntimeError):
@@ -44,12 +56,17 @@ class ProduceResult:
     delivered: int
     delivery_errors: int
     checkpoint: int | None
+    dead_lettered: int = 0
 
 
 @dataclass
 class StreamProducer:
     """Moves events from ``stream`` to ``topic`` until ``stop`` is set, ``max_events`` are delivered,
-    or the stream fails; then flushes and writes the final checkpoint."""
+    or the stream fails; then flushes and writes the final checkpoint.
+
+    ``dead_letter_path``: where refused events go; default: next to the checkpoint,
+    ``producer.checkpoint`` -> ``producer.dead-letter.ndjson``.
+    """
 
     stream: CompaniesHouseStream
     kafka_config: Mapping[str, str]
@@ -58,7 +75,12 @@ class StreamProducer:
     max_events: int | None = None
     log_interval: float = 10.0
     checkpoint_interval: float = 1.0
+    dead_letter_path: Path | None = None
     _last_checkpoint_at: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.dead_letter_path is None:
+            self.dead_letter_path = Path(self.checkpoint_path).with_suffix(".dead-letter.ndjson")
 
     def run(self, stop: threading.Event) -> ProduceResult:
         producer = Producer({**self.kafka_config, **PRODUCER_GUARANTEES})
@@ -84,14 +106,18 @@ class StreamProducer:
                     self._produce(producer, item, tracker)
                     produced += 1
                 producer.poll(0)
+                self._dead_letter_refused(tracker)
                 checkpointed = self._checkpoint_if_due(tracker, checkpointed)
                 progress.maybe_log(produced, tracker)
         finally:
             self.stream.stop()
             remaining = producer.flush(_FLUSH_TIMEOUT)
-            if tracker.safe_timepoint is not None and tracker.safe_timepoint != checkpointed:
-                write_checkpoint(self.checkpoint_path, tracker.safe_timepoint, self.stream.url)
-            progress.log(produced, tracker, final=True)
+            try:
+                self._dead_letter_refused(tracker)
+            finally:  # if that failed (disk full), the refused events still pin the checkpoint
+                if tracker.safe_timepoint is not None and tracker.safe_timepoint != checkpointed:
+                    write_checkpoint(self.checkpoint_path, tracker.safe_timepoint, self.stream.url)
+                progress.log(produced, tracker, final=True)
         if stream_error is not None:
             raise stream_error
         if tracker.failed or remaining:
@@ -100,16 +126,17 @@ class StreamProducer:
                 f"(see the errors above): the checkpoint stays at timepoint {tracker.safe_timepoint}, and a restart "
                 "re-sends everything after it. Check that Kafka is reachable and the credentials are valid."
             )
-        return ProduceResult(produced, tracker.delivered, tracker.failed, tracker.safe_timepoint)
+        return ProduceResult(produced, tracker.delivered, tracker.failed, tracker.safe_timepoint, tracker.dead_lettered)
 
     def _produce(self, producer: Producer, event: StreamEvent, tracker: DeliveryTracker) -> None:
         entry = tracker.sent(event.timepoint)
         headers = [(TIMEPOINT_HEADER, str(event.timepoint).encode())] if event.timepoint is not None else None
+        key = event.company_number.encode() if event.company_number else None
         while True:
             try:
                 producer.produce(
                     self.topic,
-                    key=event.company_number.encode() if event.company_number else None,
+                    key=key,
                     value=event.raw,
                     headers=headers,
                     on_delivery=functools.partial(_on_delivery, tracker, entry),
@@ -117,6 +144,32 @@ class StreamProducer:
                 return
             except BufferError:
                 producer.poll(0.5)  # librdkafka's local queue is full: wait for deliveries to drain it
+            except KafkaException as exc:
+                if exc.args[0].code() not in UNPRODUCIBLE:
+                    raise
+                # Refused before it was queued (librdkafka's text says "Broker:" but the limit is the
+                # client's message.max.bytes): same path as a refusal in the delivery report.
+                limit = self.kafka_config.get("message.max.bytes", "1000000 (default)")
+                tracker.on_refused(entry, _reason(exc.args[0], f"at produce(), client message.max.bytes {limit}"), key, event.raw)
+                return
+
+    def _dead_letter_refused(self, tracker: DeliveryTracker) -> None:
+        """Write the refused events to the dead-letter file; only then may the checkpoint pass them."""
+        for entry, reason, key, value in tracker.take_refused():
+            record = {
+                "timepoint": entry.timepoint,
+                "company_number": key.decode() if key is not None else None,  # the Kafka key
+                "topic": self.topic,
+                "size": len(value),
+                "reason": reason,
+                "raw_value_base64": base64.b64encode(value).decode(),
+            }
+            append_dead_letter(self.dead_letter_path, record)
+            log.warning(
+                "timepoint %s (%d bytes, company %s) cannot be produced: %s; written to %s and skipped",
+                entry.timepoint, len(value), record["company_number"], reason, self.dead_letter_path,
+            )  # fmt: skip
+            tracker.on_dead_lettered(entry)
 
     def _checkpoint_if_due(self, tracker: DeliveryTracker, checkpointed: int | None) -> int | None:
         # At most once per interval: an fsync per event would cap throughput; a crash re-sends
@@ -132,9 +185,37 @@ class StreamProducer:
 def _on_delivery(tracker: DeliveryTracker, entry, err, msg) -> None:
     if err is None:
         tracker.on_delivered(entry)
+    elif err.code() in UNPRODUCIBLE:
+        tracker.on_refused(entry, _reason(err, "in the delivery report"), msg.key(), msg.value())
     else:
         log.error("delivery failed for timepoint %s: %s", entry.timepoint, err)
         tracker.on_failed(entry)
+
+
+def _reason(err: KafkaError, where: str) -> str:
+    return f"{err.name()} {where}: {err.str()}"
+
+
+def append_dead_letter(path: Path, record: dict) -> None:
+    """Append one NDJSON line and fsync it before returning: the checkpoint passes the event next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record).encode() + b"\n"
+    created = not path.exists()
+    with path.open("a+b") as out:
+        end = out.seek(0, os.SEEK_END)
+        if end:
+            out.seek(end - 1)
+            if out.read(1) != b"\n":
+                line = b"\n" + line  # a crash tore the last record (its event is re-sent): start a new line
+        out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    if created:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the new file's name durable too
+        finally:
+            os.close(directory)
 
 
 def _read_stream(stream: CompaniesHouseStream, events: queue.Queue) -> None:
@@ -165,7 +246,7 @@ def require_topic(producer: Producer, topic: str) -> None:
 
 
 class _Progress:
-    """A log line every ``interval`` seconds: rate, totals, last timepoint, delivery errors."""
+    """A log line every ``interval`` seconds: rate, totals, last timepoint, delivery errors, dead letters."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -181,8 +262,10 @@ class _Progress:
         since, count = (self.started, 0) if final else (self.last_time, self.last_count)  # final: the whole run
         rate = (tracker.delivered - count) / max(now - since, 1e-9)
         log.info(
-            "%.1f events/s, %d delivered (%d produced, %d in flight), last delivered timepoint %s, %d delivery errors",
+            "%.1f events/s, %d delivered (%d produced, %d in flight), last delivered timepoint %s, %d delivery errors, "
+            "%d dead-lettered",
             rate, tracker.delivered, produced, tracker.in_flight, tracker.safe_timepoint, tracker.failed,
+            tracker.dead_lettered,
         )  # fmt: skip
         self.last_time, self.last_count = now, tracker.delivered
 
@@ -217,4 +300,6 @@ def produce_command(max_events: int | None, restart_from_now_if_expired: bool, l
         result = producer.run(stop)
     except (StreamError, ProducerError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"delivered {result.delivered} events to {settings.kafka_topic}; checkpoint at timepoint {result.checkpoint}")
+    done = f"delivered {result.delivered} events to {settings.kafka_topic}; checkpoint at timepoint {result.checkpoint}"
+    dead = f"; {result.dead_lettered} refused by Kafka, in {producer.dead_letter_path}" if result.dead_lettered else ""
+    click.echo(done + dead)
