@@ -7,7 +7,9 @@ embedded local stack: local broker, local replay server, DuckDB under ``CH_DATA_
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +34,7 @@ class Settings:
     """A snapshot of the environment, with the local defaults filled in."""
 
     stream_url: str
-    stream_api_key: str | None
+    stream_api_key: str | None = field(repr=False)
     data_dir: Path
     checkpoint_path: Path
     kafka_bootstrap_servers: str | None
@@ -47,11 +49,20 @@ class Settings:
     google_application_credentials: str | None
     dbt_target: str
     bulk_csv: str | None
+    # Managed Kafka without a config file (Confluent Cloud: SASL_SSL + PLAIN with an API key/secret).
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+
+    def kafka_overrides(self) -> dict[str, str]:
+        """librdkafka properties set through ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``."""
+        return kafka_overrides(
+            self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password
+        )
 
     def kafka_client_config(self) -> dict[str, str]:
-        from ch_pipeline.kafka.config import client_config
-
-        return client_config(self.kafka_bootstrap_servers, self.kafka_config_file, kafka_overrides())
+        return kafka_client_config(self.kafka_bootstrap_servers, self.kafka_config_file, self.kafka_overrides())
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -60,6 +71,7 @@ class Settings:
         if warehouse not in ("duckdb", "bigquery"):
             raise ValueError(f"CH_WAREHOUSE must be 'duckdb' or 'bigquery', got {warehouse!r}")
         config_file = _env("KAFKA_CONFIG_FILE")
+        gcp_project, bigquery_dataset = _env("GCP_PROJECT"), _env("BIGQUERY_DATASET")
         return cls(
             stream_url=_env("CH_STREAM_URL", OFFICIAL_STREAM_URL),
             stream_api_key=_env("CH_STREAM_API_KEY"),
@@ -71,28 +83,81 @@ class Settings:
             kafka_topic=_env("KAFKA_TOPIC", DEFAULT_TOPIC),
             warehouse=warehouse,  # type: ignore[arg-type]
             duckdb_path=Path(_env("CH_DUCKDB_PATH", str(data_dir / "warehouse.duckdb"))),
-            gcp_project=_env("GCP_PROJECT"),
-            bigquery_dataset=_env("BIGQUERY_DATASET"),
+            gcp_project=validate_gcp_project(gcp_project) if gcp_project else None,
+            bigquery_dataset=validate_bigquery_dataset(bigquery_dataset) if bigquery_dataset else None,
             bigquery_location=_env("BIGQUERY_LOCATION"),
             bigquery_api_endpoint=_env("BIGQUERY_API_ENDPOINT"),
             google_application_credentials=_env("GOOGLE_APPLICATION_CREDENTIALS"),
             dbt_target=_env("DBT_TARGET", warehouse),
             bulk_csv=_env("CH_BULK_CSV"),
+            kafka_security_protocol=_env("KAFKA_SECURITY_PROTOCOL"),
+            kafka_sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
+            kafka_sasl_username=_env("KAFKA_SASL_USERNAME"),
+            kafka_sasl_password=_env("KAFKA_SASL_PASSWORD"),
         )
 
 
-# Managed Kafka (Confluent Cloud: SASL_SSL + PLAIN with an API key/secret) without a config file.
-KAFKA_ENV_OVERRIDES = {
-    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
-    "KAFKA_SASL_MECHANISM": "sasl.mechanisms",
-    "KAFKA_SASL_USERNAME": "sasl.username",
-    "KAFKA_SASL_PASSWORD": "sasl.password",
-}
+def kafka_overrides(
+    security_protocol: str | None, sasl_mechanism: str | None, sasl_username: str | None, sasl_password: str | None
+) -> dict[str, str]:
+    """The librdkafka properties among these that are set."""
+    properties = {
+        "security.protocol": security_protocol,
+        "sasl.mechanisms": sasl_mechanism,
+        "sasl.username": sasl_username,
+        "sasl.password": sasl_password,
+    }
+    return {key: value for key, value in properties.items() if value}
 
 
-def kafka_overrides() -> dict[str, str]:
-    """librdkafka properties set through ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``."""
-    return {key: value for name, key in KAFKA_ENV_OVERRIDES.items() if (value := _env(name))}
+def kafka_client_config(
+    bootstrap_servers: str | None, config_file: str | Path | None, overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """The librdkafka client config of the producer, the sensor and the landing runs alike.
+
+    The one place it is assembled (the file, then the overrides, then the bootstrap servers), and
+    so the one place that refuses to send SASL credentials without TLS: with ``security.protocol``
+    PLAINTEXT or SASL_PLAINTEXT a SASL/PLAIN key and secret cross the network in clear text.
+    """
+    from ch_pipeline.kafka.config import client_config
+
+    config = client_config(bootstrap_servers, config_file, overrides)
+    protocol = config.get("security.protocol", "PLAINTEXT")
+    if (config.get("sasl.username") or config.get("sasl.password")) and protocol.upper() != "SASL_SSL":
+        raise ValueError(
+            f"Kafka SASL credentials are sent only over TLS: security.protocol is {protocol!r}, must be SASL_SSL "
+            "(set it in KAFKA_CONFIG_FILE or KAFKA_SECURITY_PROTOCOL)"
+        )
+    return config
+
+
+# BigQuery identifiers are interpolated into backtick-quoted SQL (`project.dataset.table`), so only
+# what Google allows gets in. Project IDs: 6-30 lowercase letters, digits and hyphens, starting with
+# a letter and not ending with a hyphen (legacy domain-scoped IDs, "example.com:project", are not
+# supported). Dataset IDs: letters (ASCII), digits and underscores, at most 1,024 characters.
+GCP_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+BIGQUERY_DATASET_ID = re.compile(r"[A-Za-z0-9_]{1,1024}")
+
+
+def validate_gcp_project(value: str) -> str:
+    """``value`` if it is a valid Google Cloud project ID, else a ``ValueError`` naming GCP_PROJECT."""
+    if not GCP_PROJECT_ID.fullmatch(value):
+        raise ValueError(
+            f"GCP_PROJECT must be a Google Cloud project ID: 6-30 lowercase letters, digits and hyphens, "
+            f"starting with a letter and not ending with a hyphen; got {value!r}"
+        )
+    return value
+
+
+def validate_bigquery_dataset(value: str) -> str:
+    """``value`` if it is a valid BigQuery dataset ID, else a ``ValueError`` naming BIGQUERY_DATASET."""
+    if not BIGQUERY_DATASET_ID.fullmatch(value):
+        shown = value if len(value) <= 80 else value[:80] + f"... ({len(value)} characters)"
+        raise ValueError(
+            f"BIGQUERY_DATASET must be a BigQuery dataset ID: only letters, digits and underscores, "
+            f"at most 1024 characters; got {shown!r}"
+        )
+    return value
 
 
 def sensor_interval_seconds(default: int) -> int:
@@ -112,7 +177,9 @@ def sensor_interval_seconds(default: int) -> int:
 def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     """Dagster resource value: ``EnvVar(name)`` when the variable is set, else the local default.
 
-    ``EnvVar`` keeps credentials out of run config and shows the variable name in the UI; it
-    fails when the variable is unset, so unset variables fall back to the embedded defaults.
+    ``EnvVar`` keeps the value out of the definitions and shows the variable name in the UI; it
+    fails when the variable is unset, so unset variables fall back to the embedded defaults. It
+    does not stop run config from replacing the value at launch: connection targets and secrets
+    are therefore not passed this way (see ``ch_pipeline.defs.resources``).
     """
     return dg.EnvVar(name) if _env(name) is not None else default
