@@ -40,6 +40,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_INSTANCE_CONFIG = REPO_ROOT / "dagster.yaml"
 TOPIC_PARTITIONS = 2
 LOCAL_SEED = 20240101
+# Variables of a production setup that must not leak into the local stack (the replay server needs no
+# API key; the local broker takes no SASL; the warehouse is the local DuckDB file).
+LOCAL_STACK_DROPS = (
+    "CH_STREAM_API_KEY", "KAFKA_CONFIG_FILE", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD", "GOOGLE_APPLICATION_CREDENTIALS", "GCP_PROJECT", "BIGQUERY_DATASET", "BIGQUERY_API_ENDPOINT",
+)  # fmt: skip
 COMPARED_COLUMNS = ("company_name", "company_status", "date_of_creation", "postal_code")
 
 
@@ -71,15 +77,26 @@ class ChildProcesses:
 
     def __init__(self) -> None:
         self._children: list[tuple[str, subprocess.Popen]] = []
+        self._commands: dict[str, tuple] = {}
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
         out = open(log_path, "ab") if log_path else None
+        # Children start in DAGSTER_HOME, a folder the stack owns: the Dagster CLI loads the `.env` of
+        # its working directory, and one copied from .env.example into the repository would otherwise
+        # point the local stack at production Kafka and BigQuery.
         process = subprocess.Popen(
-            cmd, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
+            cmd, env=env, cwd=env["DAGSTER_HOME"], stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT if out else None, start_new_session=True,
         )  # fmt: skip
         self._children.append((name, process))
+        self._commands[name] = (cmd, env, log_path)
         return process
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start a child again with the command, environment and log it was started with."""
+        index, (_, process) = next((i, c) for i, c in enumerate(self._children) if c[0] == name)
+        del self._children[index]
+        return self.start(name, *self._commands[name])
 
     def returncode(self, name: str) -> int | None:
         return next(process.poll() for child_name, process in self._children if child_name == name)
@@ -172,7 +189,9 @@ class LocalStack:
             # The venv's console scripts (dbt, dagster) for every child, activated or not.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        env.pop("CH_STREAM_API_KEY", None)  # the replay server needs none; never send a real key to it
+        # The local stack is self-contained: no production credentials reach any of its children.
+        for name in LOCAL_STACK_DROPS:
+            env.pop(name, None)
         if self.sensor_interval:
             env["CH_SENSOR_INTERVAL_SECONDS"] = str(self.sensor_interval)
         return env
@@ -189,6 +208,20 @@ class LocalStack:
             self.replay.stop()
         if self.broker is not None:
             self.broker.stop()
+
+
+@contextmanager
+def hold_data_dir(data_dir: Path) -> Iterator[None]:
+    """One stack per CH_DATA_DIR: a second one would rebuild the topic and reset runs under the first."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "run.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise click.ClickException(f"another ch-pipeline run is using {data_dir}: stop it first") from None
+        yield
 
 
 @contextmanager
@@ -255,7 +288,7 @@ def run_command(port: int, kafka_port: int, events: int, rate: float, replay_por
     if port_is_taken(port):
         raise click.ClickException(f"port {port} is already in use: stop what holds it or pass --port")
     stack = LocalStack(settings, events=events, rate=rate, kafka_port=kafka_port, sensor_interval=sensor_interval)
-    with stop_on_signals() as state:
+    with hold_data_dir(settings.data_dir), stop_on_signals() as state:
         try:
             stack.start_kafka()
             restored = restore_local_state(stack, settings)
@@ -270,7 +303,8 @@ def run_command(port: int, kafka_port: int, events: int, rate: float, replay_por
             stack.start_producer()
             env = stack.env()
             stack.children.start(
-                "dagster dev", [venv_executable("dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)], env,
+                "dagster dev", [venv_executable("dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+                                "-h", "127.0.0.1", "-p", str(port)], env,
                 settings.data_dir / "dagster-dev.log",
             )  # fmt: skip
             click.echo(f"replay server: {stack.replay.url} ({events:,} events at {rate:g}/s)")
@@ -284,6 +318,11 @@ def run_command(port: int, kafka_port: int, events: int, rate: float, replay_por
                     raise click.ClickException(f"{exited[0]} exited with code {exited[1]}; see {settings.data_dir}")
                 if not stack.broker.running:
                     raise click.ClickException(f"the local broker exited; see {settings.data_dir / 'broker.log'}")
+                if stack.children.returncode("producer") not in (None, 0):
+                    # As a process manager would: it resumes from its checkpoint, nothing is lost.
+                    click.echo(f"the producer exited with code {stack.children.returncode('producer')}; restarting it")
+                    time.sleep(2.0)
+                    stack.children.restart("producer")
                 time.sleep(0.5)
         finally:
             click.echo("stopping ...")
