@@ -97,13 +97,17 @@ def test_the_published_zip_is_read(bulk_file: Path, tmp_path: Path):
     assert load_into_duckdb(str(archive), tmp_path) == parse_bulk_csv(bulk_file)
 
 
-def test_a_url_is_downloaded(bulk_file: Path, tmp_path: Path):
+def test_a_plain_http_url_is_refused(bulk_file: Path, tmp_path: Path):
+    """Downloads are https on the Companies House host only (test_bulk_source_security.py has the https path)."""
+    from ch_pipeline.warehouse.bulk_load import BulkSourceError
+
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bulk_file.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/{bulk_file.name}"
-        assert load_into_duckdb(url, tmp_path) == parse_bulk_csv(bulk_file)
+        with pytest.raises(BulkSourceError, match="http"):
+            load_into_duckdb(url, tmp_path)
     finally:
         server.shutdown()
         server.server_close()
