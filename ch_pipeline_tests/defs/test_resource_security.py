@@ -136,6 +136,8 @@ def test_the_launchpad_offers_no_resource_config_for_kafka_or_the_warehouse():
     for job in (defs.resolve_job_def("company_house_stream_job"), defs.resolve_implicit_global_asset_job_def()):
         for key in ("kafka", "warehouse"):
             assert resource_config_fields(job, key) == set(), f"{job.name}: {key} is configurable at launch"
+    # Nor dbt's executable, project or target (a run could otherwise execute a binary of its choice).
+    assert resource_config_fields(defs.resolve_implicit_global_asset_job_def(), "dbt") == set()
 
 
 def test_graphql_refuses_resource_config_for_the_deployed_job(tmp_path: Path):
