@@ -55,7 +55,7 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
-# Declarative automation (docs/architecture.md, "Automation"). The four models are one execution set
+# Declarative automation (docs/architecture.md §7). The four models are one execution set
 # (`as_one_unit`), so one condition decides for all of them; it sits on the core, the only model
 # that reads both inputs. `eager()` never fires below a growing dynamic partition set (the newest
 # stream partition exists, so counts as missing, before its run ends, and then it is in progress).
