@@ -18,7 +18,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
-from ch_pipeline.settings import env_or_default, sensor_interval_seconds
+from ch_pipeline.settings import Settings, sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
@@ -179,10 +179,13 @@ ch_dbt_models = as_one_unit(_ch_dbt_models)
 
 
 def dbt_resource() -> DbtCliResource:
-    """The dbt CLI; the target comes from DBT_TARGET (default: CH_WAREHOUSE, see ch_dbt/profiles.yml)."""
-    return DbtCliResource(
-        project_dir=ch_dbt_project, dbt_executable=dbt_executable(), target=env_or_default("DBT_TARGET", None)
-    )
+    """The dbt CLI; the target comes from DBT_TARGET (default: CH_WAREHOUSE, see ch_dbt/profiles.yml).
+
+    The target is resolved here, when the code location loads, not left as ``EnvVar``: the resource
+    is served as a fixed resource (``fixed_resource``, no run config), which never resolves an
+    ``EnvVar``, so dbt got the literal ``--target DBT_TARGET`` and every build failed.
+    """
+    return DbtCliResource(project_dir=ch_dbt_project, dbt_executable=dbt_executable(), target=Settings.from_env().dbt_target)
 
 
 dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
