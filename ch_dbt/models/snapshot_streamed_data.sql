@@ -1,8 +1,10 @@
 {#- Stream rows not yet applied, one per company (DESIGN §6).
     "Not yet applied" is exact per Kafka partition: offset beyond the watermark (no timestamp ties,
     no late-arrival loss), or landed after the watermark was taken (an earlier offset range that
-    landed late, or a re-landed range: re-applying is harmless, the core keeps the newest event). -#}
-{%- set watermark = ch_dbt.previous_watermark() %}
+    landed late, or a re-landed range: re-applying is harmless, the core keeps the newest event).
+    When this build makes the core from scratch (first build, --full-refresh), the core reads the
+    whole stream table, and so does the snapshot: the watermark then covers exactly what the core read. -#}
+{%- set watermark = none if ch_dbt.core_is_built_from_scratch() else ch_dbt.previous_watermark() %}
 
 with scanned as (
     select stream.*
