@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from ch_pipeline_tests.support.stream import fast_stream, take
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.companies_house.stream_client import (
     Backoff,
@@ -22,18 +23,6 @@ from ch_pipeline.kafka.broker import free_port
 FAST = dict(heartbeat_interval=0.05)
 
 
-def fast_stream(url: str, **kwargs) -> CompaniesHouseStream:
-    return CompaniesHouseStream(url, backoff=Backoff(initial=0.01, cap=0.05), read_timeout=5, **kwargs)
-
-
-def take(stream: CompaniesHouseStream, count: int) -> list[StreamEvent]:
-    events = []
-    for event in stream.events():
-        events.append(event)
-        if len(events) == count:
-            break
-    stream.stop()
-    return events
 
 
 def take_until(stream: CompaniesHouseStream, last_timepoint: int) -> list[StreamEvent]:

@@ -15,10 +15,12 @@ import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from ch_pipeline_tests.support.loopback_http import LoopbackHTTPServer
+from ch_pipeline_tests.support.stream import fast_stream, take
 from ch_pipeline.companies_house.stream_client import (
     MAX_LINE_BYTES,
     MAX_RETRY_AFTER,
@@ -37,18 +39,6 @@ HUGE_LINE_CHUNKS = 1024  # 64 MiB in all
 DEEP = b"[" * 100_000 + b"]" * 100_000  # far past the interpreter's recursion limit
 
 
-def fast_stream(url: str) -> CompaniesHouseStream:
-    return CompaniesHouseStream(url, backoff=Backoff(initial=0.01, cap=0.05), read_timeout=5)
-
-
-def take(stream: CompaniesHouseStream, count: int) -> list[StreamEvent]:
-    events = []
-    for event in stream.events():
-        events.append(event)
-        if len(events) == count:
-            break
-    stream.stop()
-    return events
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -180,7 +170,7 @@ def test_the_backoff_ignores_a_wait_that_is_not_a_finite_number():
         assert 0.5 <= Backoff(initial=1, cap=1).next_delay(at_least=bad) <= 1
 
 
-class RateLimitedServer:
+class RateLimitedServer(LoopbackHTTPServer):
     """Answers every request with 429 and the given Retry-After; counts the requests."""
 
     def __init__(self, retry_after: str) -> None:
@@ -202,20 +192,7 @@ class RateLimitedServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/companies"
-
-    def __enter__(self) -> "RateLimitedServer":
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(Handler)
 
 
 def requests_within(stream: CompaniesHouseStream, server: RateLimitedServer, window: float) -> int:

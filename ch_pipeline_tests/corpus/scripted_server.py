@@ -11,35 +11,26 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from ch_pipeline_tests.corpus.cases import Response
+from ch_pipeline_tests.support.loopback_http import LoopbackHTTPServer
 
 HEARTBEAT_INTERVAL = 0.05
 
 
-class ScriptedStreamServer:
+class ScriptedStreamServer(LoopbackHTTPServer):
     def __init__(self, responses: Sequence[Response]) -> None:
         self.responses = list(responses)
         self.queries: list[str] = []  # the query string of every request, in order
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/companies"
-
-    def __enter__(self) -> "ScriptedStreamServer":
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
-        return self
+        super().__init__(self._handler())
 
     def __exit__(self, *exc_info: object) -> None:
         self._stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__exit__(*exc_info)
 
     def _next(self, query: str) -> Response | None:
         with self._lock:
