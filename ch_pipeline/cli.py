@@ -19,6 +19,7 @@ _COMMANDS = {
     "demo": "ch_pipeline.local_stack:demo_command",
     "replay-server": "ch_pipeline.companies_house.replay_server:replay_server_command",
     "produce": "ch_pipeline.kafka.producer:produce_command",
+    "prod-local": "ch_pipeline.production_stack:prod_local_command",
 }
 
 

@@ -1,0 +1,316 @@
+"""Issue 18: the production topology of docker-compose.yml, run for real without Docker.
+
+The services of the compose file that run our image (dagster-migrate, kafka-topic, ch-pipeline-code,
+dagster-webserver, dagster-daemon, producer) run as local processes with the commands, env files,
+``environment:`` and ``depends_on`` conditions read from the compose file, on a throwaway Postgres
+(deploy/dagster.yaml: run, event log and schedule storage, QueuedRunCoordinator, run monitoring,
+run retries, compute logs). The local broker stands in for Kafka, the replay server for the
+Companies House stream, DuckDB for BigQuery (the README's self-contained stack). No test code lands,
+requests or launches anything: the daemon does, through the code server. The tests run in order
+on one stack (module fixture): the run-worker kill happens while the stream is landing.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import psycopg2
+import pytest
+import requests
+from dagster._core.events import DagsterEventType
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, SENSOR_NAME_TAG
+
+from ch_pipeline.kafka.checkpoint import read_checkpoint
+from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
+from ch_pipeline.local_stack import compare_core
+from ch_pipeline.production_stack import SERVICES
+
+pytestmark = pytest.mark.timeout(300)
+
+LOCATION = "ch_pipeline"
+LANDING_JOB = "company_house_stream_job"
+KAFKA_SENSOR, AUTOMATION_SENSOR = "company_house_kafka_sensor", "ch_dbt_automation"
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+             DagsterRunStatus.CANCELING]  # fmt: skip
+# deploy/dagster.yaml: run monitoring polls every 30 s, frees a dead run's pool slot 30 s after it ended.
+MONITORING_BOUND = 150
+SETTLE_BOUND = 210
+
+
+def wait(what: str, condition, timeout: float, stack, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        stack_alive(stack)
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout:.0f}s\n{diagnostics(stack)}")
+        time.sleep(interval)
+
+
+def stack_alive(stack) -> None:
+    for name in ("ch-pipeline-code", "dagster-webserver", "dagster-daemon", "producer"):
+        service = stack.services[name]
+        stopped = name == "producer" and service.returncode == 0  # stopped by the last test
+        assert service.returncode is None or stopped, f"{name} exited with code {service.returncode}:\n{service.tail()}"
+
+
+def diagnostics(stack) -> str:
+    return "\n".join(f"--- {name}:\n{service.tail(15)}" for name, service in stack.services.items())
+
+
+def graphql(stack, query: str, **variables) -> dict:
+    response = requests.post(f"{stack.web_url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def landing_runs(instance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=RunsFilter(job_name=LANDING_JOB)))
+
+
+def worker_pid(instance, run_id: str) -> int | None:
+    """The run worker's pid, from the engine event the code server's run process writes first."""
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        message = record.dagster_event.message or ""
+        if message.startswith("Started process for run (pid: "):
+            return int(message.split("pid: ")[1].rstrip(")."))
+    return None
+
+
+def sql(stack, query: str) -> list[tuple]:
+    env = stack.postgres_env()
+    with psycopg2.connect(host=env["POSTGRES_HOST"], port=stack.postgres.port, user=env["POSTGRES_USER"],
+                          password=env["POSTGRES_PASSWORD"], dbname=env["POSTGRES_DB"]) as connection:  # fmt: skip
+        with connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetchall()
+
+
+# --- the services come up ------------------------------------------------------------------------
+
+
+def test_every_service_ran_the_command_of_the_compose_file(production_stack):
+    for name in SERVICES:
+        service = production_stack.services[name]
+        command = production_stack.compose["services"][name]["command"]
+        assert Path(service.argv[0]).name == command[0]
+        assert len(service.argv) == len(command)
+    assert production_stack.services["dagster-migrate"].returncode == 0
+    assert production_stack.services["kafka-topic"].returncode == 0
+    assert "topic company_house: created" in production_stack.services["kafka-topic"].log.read_text()
+
+
+def test_the_migrate_service_created_the_instance_schema_in_postgres(production_stack):
+    tables = {row[0] for row in sql(production_stack, "select tablename from pg_tables where schemaname = 'public'")}
+    # Run storage, event log storage, schedule storage (deploy/dagster.yaml: one `storage: postgres`).
+    assert {"runs", "run_tags", "event_logs", "asset_keys", "instigators", "job_ticks", "daemon_heartbeats",
+            "concurrency_slots", "alembic_version"} <= tables, sorted(tables)  # fmt: skip
+    log = production_stack.services["dagster-migrate"].log.read_text()
+    assert "Storage schema state after migration" in log
+
+
+def test_the_code_server_serves_the_definitions(production_stack):
+    # The compose healthcheck (`dagster api grpc-health-check -p 4000`), as the container runs it.
+    assert production_stack._healthy("ch-pipeline-code")
+    data = graphql(production_stack, """{ workspaceOrError { __typename ... on Workspace { locationEntries {
+        name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }""")
+    (entry,) = data["workspaceOrError"]["locationEntries"]
+    assert (entry["name"], entry["loadStatus"], entry["locationOrLoadError"]["__typename"]) == (LOCATION, "LOADED", "RepositoryLocation")
+
+
+def test_sensors_start_running_and_tick_in_the_daemon(production_stack, instance):
+    data = graphql(production_stack, """query($selector: RepositorySelector!) { sensorsOrError(repositorySelector: $selector) {
+        __typename ... on Sensors { results { name sensorState { status } } } } }""",
+                   selector={"repositoryLocationName": LOCATION, "repositoryName": "__repository__"})  # fmt: skip
+    states = {sensor["name"]: sensor["sensorState"]["status"] for sensor in data["sensorsOrError"]["results"]}
+    assert states == {KAFKA_SENSOR: "RUNNING", AUTOMATION_SENSOR: "RUNNING"}
+
+    def ticked() -> bool:
+        done = {TickStatus.SUCCESS, TickStatus.SKIPPED}
+        return all(
+            any(tick.status in done for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5))
+            for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        ) and len(instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)) == 2
+
+    wait("both sensors ticked", ticked, 60, production_stack)
+
+
+# --- the daemon launches runs through the code server; run monitoring and retries ----------------
+
+
+def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_retry_lands_it(production_stack, instance):
+    """Who notices: the code server that launched the worker (DefaultRunLauncher) sees its process die
+    and fails the run at once; run monitoring's worker health check does not exist for this launcher
+    (its backstop is max_runtime, for a worker that died with its code server). Run retries (the
+    daemon) then launch a retry of the same partition, which lands it."""
+    code_server = psutil.Process(production_stack.services["ch-pipeline-code"].process.pid)
+    killed: dg.DagsterRun | None = None
+    deadline = time.monotonic() + 120
+    while killed is None:
+        assert time.monotonic() < deadline, f"no landing run worker caught running\n{diagnostics(production_stack)}"
+        stack_alive(production_stack)
+        for run in landing_runs(instance):
+            if run.status != DagsterRunStatus.STARTED or PARENT_RUN_ID_TAG in run.tags:
+                continue
+            pid = worker_pid(instance, run.run_id)
+            if pid is None:
+                continue
+            worker = psutil.Process(pid)
+            assert code_server.pid in [p.pid for p in worker.parents()], "the run worker is a process of the code server"
+            family = [worker, *worker.children(recursive=True)]
+            for process in family:
+                process.kill()
+            psutil.wait_procs(family, timeout=10)
+            killed = run
+            break
+        time.sleep(0.2)
+    assert killed.tags.get(SENSOR_NAME_TAG) == KAFKA_SENSOR  # launched by the daemon from a sensor tick
+
+    def ended():
+        run = instance.get_run_by_id(killed.run_id)
+        return run if run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS) else None
+
+    ended_run = wait("the killed run ended", ended, MONITORING_BOUND, production_stack)
+    if ended_run.status == DagsterRunStatus.SUCCESS:
+        pytest.fail("the killed run is SUCCESS: it had finished before its worker was killed")
+    messages = [r.dagster_event.message for r in instance.all_logs(killed.run_id) if r.dagster_event and r.dagster_event.message]
+    print(f"killed run {killed.run_id[:8]} ({killed.tags['dagster/partition']}): {messages[-2:]}")
+    assert any("[DagsterApiServer]" in m and "terminated by signal 9 (SIGKILL)" in m for m in messages), messages[-5:]
+
+    def retried():
+        runs = [r for r in landing_runs(instance) if r.tags.get(PARENT_RUN_ID_TAG) == killed.run_id]
+        return runs[0] if runs and runs[0].status == DagsterRunStatus.SUCCESS else None
+
+    retry = wait("the retry succeeded", retried, MONITORING_BOUND, production_stack)
+    assert retry.tags["dagster/partition"] == killed.tags["dagster/partition"]
+    assert dg.AssetKey("company_house_stream") in {
+        r.dagster_event.asset_key for r in instance.all_logs(retry.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    }
+
+
+def settled(stack, instance) -> str | None:
+    """None once the pipeline has nothing left to do, else why not."""
+    stream_url = stack.env_of("producer")["CH_STREAM_URL"]
+    if read_checkpoint(stack.checkpoint_path, stream_url) != stack.replay.timepoints[-1]:
+        return "the producer has not delivered the whole history"
+    try:
+        _, ends = probe_offsets({"bootstrap.servers": stack.broker.bootstrap_servers}, "company_house", timeout=10)
+    except KafkaUnavailable as exc:
+        return str(exc)
+    state = next(s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == KAFKA_SENSOR)
+    cursor = json.loads(state.instigator_data.cursor or "{}") if state.instigator_data else {}
+    if {int(p): o for p, o in cursor.items()} != ends:
+        return f"sensor cursor {cursor} != Kafka ends {ends}"
+    if runs := instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT)):
+        return f"{len(runs)} runs in flight"
+    failed = [r for r in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE]))]
+    if [r for r in failed if not instance.get_runs(filters=RunsFilter(tags={PARENT_RUN_ID_TAG: r.run_id}))]:
+        return "a failed run awaits its retry"
+    watermark = instance.get_latest_materialization_event(dg.AssetKey("get_last_timestamp"))
+    inputs = [instance.get_latest_materialization_event(dg.AssetKey(k)) for k in ("company_house_stream", "company_house_bulk")]
+    build = instance.get_run_record_by_id(watermark.run_id) if watermark else None
+    if build is None or not all(i is not None and build.start_time > i.timestamp for i in inputs):
+        return "no dbt build since the last landing"
+    return None
+
+
+def test_landing_and_dbt_runs_launched_by_the_daemon_succeed_and_the_core_equals_the_ground_truth(production_stack, instance):
+    started = time.monotonic()
+    reason = None
+
+    def done() -> bool:
+        nonlocal reason
+        reason = settled(production_stack, instance)
+        return reason is None
+
+    try:
+        wait("settled", done, SETTLE_BOUND, production_stack, interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{reason}\n{exc}") from None
+    print(f"settled {time.monotonic() - started:.0f}s after the kill test")
+
+    runs = list(instance.get_runs())
+    landings = [r for r in runs if r.job_name == LANDING_JOB]
+    builds = [r for r in runs if dg.AssetKey("company_house_core") in (r.asset_selection or set())]
+    assert landings and builds
+    assert all(r.tags.get(SENSOR_NAME_TAG) == KAFKA_SENSOR for r in landings if PARENT_RUN_ID_TAG not in r.tags)
+    assert all(r.tags.get(SENSOR_NAME_TAG) == AUTOMATION_SENSOR for r in builds if PARENT_RUN_ID_TAG not in r.tags)
+    failed = [r for r in runs if r.status != DagsterRunStatus.SUCCESS]
+    assert len(failed) == 1 and failed[0].job_name == LANDING_JOB, [(r.job_name, r.status) for r in failed]  # the one killed
+    # The run records are Postgres rows (run storage), written by the daemon and the run workers.
+    statuses = dict(sql(production_stack, "select status, count(*) from runs group by status"))
+    assert statuses == {"SUCCESS": len(runs) - 1, "FAILURE": 1}
+    print(f"{len(landings)} landing runs, {len(builds)} dbt builds, {len(runs)} runs in all")
+
+    events = [json.loads(line) for line in production_stack.replay.lines]
+    result = compare_core(production_stack.duckdb_path, events)
+    _, ends = probe_offsets({"bootstrap.servers": production_stack.broker.bootstrap_servers}, "company_house", timeout=10)
+    assert result["counts"]["stream rows"] + result["counts"]["rejects"] == sum(ends.values())
+    assert result["counts"]["duplicate (partition, offset)"] == 0
+    assert {int(p): o for p, o, *_ in result["watermark"]} == {p: end - 1 for p, end in ends.items() if end}
+    assert result["mismatched"] == [], f"{len(result['mismatched'])} companies differ from the ground truth"
+
+
+# --- the webserver and the compute logs ------------------------------------------------------------
+
+
+def test_the_webserver_lists_every_asset_the_code_server_defines(production_stack, instance):
+    from dagster._core.remote_representation.code_location import GrpcServerCodeLocation
+    from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+
+    origin = GrpcServerCodeLocationOrigin(host="127.0.0.1", port=production_stack.grpc_port, location_name=LOCATION)
+    with GrpcServerCodeLocation(origin, instance=instance) as location:
+        (repository,) = location.get_repositories().values()
+        defined = {node.asset_key.to_user_string() for node in repository.get_asset_node_snaps()}
+    data = graphql(production_stack, "{ assetNodes { assetKey { path } } }")
+    listed = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
+    assert listed == defined
+    assert {"company_house_stream", "company_house_bulk", "snapshot_streamed_data", "company_house_core", "get_last_timestamp"} <= listed
+
+
+def test_compute_logs_of_finished_runs_are_files_the_webserver_reads(production_stack, instance):
+    checked = 0
+    for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS]), limit=3):
+        (captured,) = [r.dagster_event.event_specific_data for r in instance.all_logs(run.run_id, of_type=DagsterEventType.LOGS_CAPTURED)]
+        files = production_stack.compute_logs / run.run_id / "compute_logs"
+        stderr = (files / f"{captured.file_key}.err").read_text()
+        assert "STEP_START" in stderr or "Started execution of step" in stderr, stderr[:2000]
+        assert (files / f"{captured.file_key}.complete").exists()
+        data = graphql(production_stack, "query($key: [String!]!) { capturedLogs(logKey: $key) { stdout stderr } }",
+                       key=[run.run_id, "compute_logs", captured.file_key])  # fmt: skip
+        assert data["capturedLogs"]["stderr"] == stderr
+        checked += 1
+    assert checked == 3
+
+
+def test_nothing_is_written_into_the_image(production_stack):
+    """The image's code and DAGSTER_HOME belong to root, read-only for its uid 10001 (Dockerfile): every
+    write must go to a volume or /tmp. Dagster's telemetry upload thread (webserver, daemon) creates
+    two empty directories in DAGSTER_HOME even with telemetry disabled; where it cannot, it gives up
+    silently (dagster/_core/telemetry_upload.py catches every exception), so those are allowed."""
+    written = production_stack.image_changes()
+    print(f"written into the image: {sorted(written)}")
+    assert written <= {"opt/dagster/dagster_home/logs", "opt/dagster/dagster_home/.logs_queue"}, sorted(written)
+
+
+def test_the_producer_stops_on_sigterm_within_its_grace_period_with_its_checkpoint(production_stack):
+    """What `docker compose stop producer` does: SIGTERM to the container's process, SIGKILL after
+    stop_grace_period. The compose file promises: flush, checkpoint, exit 0."""
+    producer = production_stack.services["producer"]
+    grace = float(production_stack.compose["services"]["producer"]["stop_grace_period"].rstrip("s"))
+    producer.process.send_signal(signal.SIGTERM)
+    assert producer.process.wait(timeout=grace) == 0, producer.tail()
+    stream_url = production_stack.env_of("producer")["CH_STREAM_URL"]
+    assert read_checkpoint(production_stack.checkpoint_path, stream_url) == production_stack.replay.timepoints[-1]
+    assert f"checkpoint at timepoint {production_stack.replay.timepoints[-1]}" in producer.tail(3)
