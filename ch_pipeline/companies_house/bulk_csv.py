@@ -8,6 +8,7 @@ uses its lower-case enumeration (``"active"``).
 
 from __future__ import annotations
 
+import csv
 import random
 import zipfile
 from collections.abc import Iterator
@@ -77,16 +78,40 @@ class BulkFormatError(ValueError):
     """The file is not BasicCompanyDataAsOneFile as published."""
 
 
-def check_header(first_line: str) -> None:
-    """Fail with the difference when the header is not the published one (columns are read by position)."""
-    found = [name.strip().strip('"') for name in first_line.rstrip("\r\n").split(",")]
-    expected = [name.strip() for name in HEADER]
-    if found != expected:
-        missing = [n for n in expected if n not in found]
+def header_names(first_line: str) -> list[str]:
+    """The column names of a header line, read as CSV (names quoted or not, a comma inside quotes),
+    without a byte order mark, stray spaces or leftover quotes (``" CompanyNumber"`` -> ``CompanyNumber``)."""
+    line = first_line.lstrip("\ufeff").rstrip("\r\n")
+    names = next(csv.reader([line], skipinitialspace=True), [])
+    return [name.strip().strip('"').strip() for name in names]
+
+
+def check_header(first_line: str) -> list[str]:
+    """The SQL names of the file's columns, in file order, matched by name (not position): each
+    column the loader reads (``BULK_SOURCE_COLUMNS``) is named ``column_name(...)`` wherever it
+    stands, every other column ``unused_<position>``. A quoted header, reordered or extra columns
+    are fine (a file re-saved by a spreadsheet or a CSV tool); a needed column missing or named
+    twice (letter case aside) fails with its name."""
+    names = header_names(first_line)
+    needed = {source.casefold(): source for source in BULK_SOURCE_COLUMNS.values()}
+    found: dict[str, list[int]] = {}
+    for position, name in enumerate(names):
+        if name.casefold() in needed:
+            found.setdefault(needed[name.casefold()], []).append(position)
+    missing = [source for source in needed.values() if source not in found]
+    repeated = [source for source, positions in found.items() if len(positions) > 1]
+    if missing or repeated:
+        problem = "; ".join(
+            part for part in (f"missing {missing}" if missing else "", f"named more than once {repeated}" if repeated else "") if part
+        )
         raise BulkFormatError(
-            f"unexpected bulk CSV header ({len(found)} columns, expected {len(expected)}; missing {missing[:5]}): "
+            f"unexpected bulk CSV header ({len(names)} columns; {problem}): "
             "is this BasicCompanyDataAsOneFile from download.companieshouse.gov.uk?"
         )
+    columns = [f"unused_{position}" for position in range(len(names))]
+    for source, [position] in found.items():
+        columns[position] = column_name(source)
+    return columns
 
 
 def csv_member_info(archive: zipfile.ZipFile) -> zipfile.ZipInfo:

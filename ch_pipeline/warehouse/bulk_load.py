@@ -26,7 +26,6 @@ from ch_pipeline.companies_house.bulk_csv import (
     BULK_SOURCE_COLUMNS,
     BULK_STATUS_TO_STREAM,
     DATE_FORMAT,
-    HEADER,
     check_header,
     column_name,
     csv_member_info,
@@ -34,7 +33,6 @@ from ch_pipeline.companies_house.bulk_csv import (
 from ch_pipeline.warehouse.schema import BULK_COLUMNS, BULK_TABLE
 
 Progress = Callable[[str], None]
-STAGING_COLUMNS = [column_name(name) for name in HEADER]
 
 
 @dataclass(frozen=True)
@@ -330,10 +328,18 @@ def _unzip(zip_path: Path, scratch: Path, progress: Progress, limits: BulkLimits
 # --- DuckDB --------------------------------------------------------------------------------------
 
 
+def staging_columns(path: Path) -> list[str]:
+    """The SQL names of the CSV's columns in file order, matched by header name (``check_header``):
+    the staging columns both warehouses read the file into, so the cleaning query finds each needed
+    column by name wherever it stands."""
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        return check_header(stream.readline(HEADER_LINE_LIMIT))
+
+
 def duckdb_read_csv(path: Path) -> str:
-    """DuckDB's CSV reader over the file; columns by position (the header was checked) and all text,
-    so a malformed date becomes NULL in the cleaning step instead of failing the load."""
-    names = ", ".join(f"'{name}'" for name in STAGING_COLUMNS)
+    """DuckDB's CSV reader over the file; columns named from its header (``staging_columns``) and
+    all text, so a malformed date becomes NULL in the cleaning step instead of failing the load."""
+    names = ", ".join(f"'{name}'" for name in staging_columns(path))
     quoted = str(path).replace("'", "''")
     return (
         f"read_csv('{quoted}', header = true, names = [{names}], all_varchar = true, "
@@ -360,20 +366,21 @@ def load_bigquery(
     client, dataset: str, source: str, table: str = BULK_TABLE, progress: Progress = print,
     limits: BulkLimits = DEFAULT_LIMITS,
 ) -> int:
-    """Load job into a staging table (all STRING, by position), then one cleaning query replaces `table`."""
+    """Load job into a staging table (all STRING, columns named from the header), then one cleaning
+    query replaces `table`."""
     from google.cloud import bigquery
 
     staging = f"{client.project}.{dataset}.{table}_staging"
     target = f"{client.project}.{dataset}.{table}"
-    job_config = bigquery.LoadJobConfig(
-        source_format=bigquery.SourceFormat.CSV,
-        skip_leading_rows=1,
-        schema=[bigquery.SchemaField(name, "STRING") for name in STAGING_COLUMNS],
-        # No allow_quoted_newlines: the published file has none, and the offline emulator refuses
-        # the option (deploy/bigquery-emulator.md); a stray one fails the job loudly, losing nothing.
-        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-    )
     with local_csv(source, progress, limits) as path, path.open("rb") as stream:
+        job_config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.CSV,
+            skip_leading_rows=1,
+            schema=[bigquery.SchemaField(name, "STRING") for name in staging_columns(path)],
+            # No allow_quoted_newlines: the published file has none, and the offline emulator refuses
+            # the option (deploy/bigquery-emulator.md); a stray one fails the job loudly, losing nothing.
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        )
         progress(f"BigQuery load job: {path.name} -> {staging}")
         client.load_table_from_file(stream, staging, job_config=job_config).result()
     progress(f"cleaning {staging} -> {target}")
