@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run demo test bench clean lock lock-upgrade
+.PHONY: setup browser postgres run demo prod-local test bench clean lock lock-upgrade
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,20 @@ browser:
 	  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ; } || \
 	  echo "note: chromium is not installed and could not be installed; the browser test will be skipped"
 
+# The production-topology test (ch_pipeline_tests/production/) and `make prod-local` start a throwaway
+# cluster of Debian's PostgreSQL server (initdb + pg_ctl, as a system user when run as root). Installed
+# where we can (root with apt-get); elsewhere that test is skipped with the reason.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q postgresql-15 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql-15 >/dev/null 2>&1)) ; } || \
+	  echo "note: the PostgreSQL server (postgresql-15) is not installed and could not be installed; the production-topology test will be skipped"
+
+# docker-compose.yml's services as processes of this machine, on a throwaway Postgres, with the local
+# broker, the replay server and DuckDB (README "Production": run for real without Docker). Ctrl-C stops all.
+prod-local: $(STAMP) postgres
+	$(BIN)/ch-pipeline prod-local
+
 # The offline BigQuery emulator (crucible-emulator) pins its own duckdb/sqlglot, so it gets its own
 # virtualenv; without PyPI its tests are skipped with the reason (ch_pipeline_tests/bigquery_emulator.py).
 BQ_STAMP := .venv-bq/.installed
@@ -35,7 +49,7 @@ $(BQ_STAMP): $(STAMP) ch_pipeline_tests/bigquery_emulator.py
 	@$(BIN)/python -m ch_pipeline_tests.bigquery_emulator && touch $@ || \
 	  echo "note: .venv-bq could not be created; the BigQuery emulator tests will be skipped"
 
-test: $(STAMP) browser $(BQ_STAMP)
+test: $(STAMP) browser postgres $(BQ_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

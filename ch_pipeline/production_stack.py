@@ -34,7 +34,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ch_pipeline.kafka.broker import LocalBroker, free_port
+from ch_pipeline.kafka.broker import LocalBroker, free_port, port_is_taken
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -587,11 +587,17 @@ def prod_local_command(port: int, events: int, rate: float, sensor_interval: int
     """
     from ch_pipeline.local_stack import stop_on_signals
 
+    if port and port_is_taken(port):
+        raise click.ClickException(f"port {port} is already in use: stop what holds it or pass --port")
     root = Path(tempfile.mkdtemp(prefix="ch-prod-local-"))
     stack = ProductionStack(root, events=events, rate=rate, sensor_interval=sensor_interval, web_port=port)
+    failed = True
     with stop_on_signals() as state:
         try:
-            stack.start(log=click.echo)
+            try:
+                stack.start(log=click.echo)
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from exc
             click.echo(f"Dagster UI: {stack.web_url}  (logs: {root / 'logs'}; env files: {root / 'deploy'})")
             click.echo("Ctrl-C stops everything.")
             while not state["stopping"]:
@@ -599,7 +605,12 @@ def prod_local_command(port: int, events: int, rate: float, sensor_interval: int
                 if exited:
                     raise click.ClickException(f"{exited[0][0]} exited with code {exited[0][1]}; see {root / 'logs'}")
                 time.sleep(0.5)
+            failed = False
         finally:
             click.echo("stopping ...")
             stack.stop()
-            shutil.rmtree(root, ignore_errors=True)
+            if failed:
+                click.echo(f"logs kept in {root / 'logs'}")
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            click.echo("stopped.")
