@@ -1,7 +1,7 @@
 """Sensor tick time with a 1M-message backlog, next to a tick that reads the backlog to find its end.
 
 Ours: the real ``company_house_kafka_sensor`` evaluated against a real Dagster instance and the
-local broker; it probes each partition's end from the reported high watermark (DESIGN §9), so it
+local broker; it probes each partition's end from the reported high watermark (docs/architecture.md §9), so it
 reads at most the last record batch. Baseline: a sensor that finds the end by consuming from its
 cursor to the end-of-partition event (what the whole backlog costs to read once).
 

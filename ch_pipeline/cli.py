@@ -1,4 +1,4 @@
-"""The ``ch-pipeline`` command line (DESIGN §10).
+"""The ``ch-pipeline`` command line (docs/architecture.md §10).
 
 Commands live beside the code they drive and are imported only when invoked, so
 ``ch-pipeline --help`` is instant and one command's heavy imports never slow another.

@@ -1,6 +1,6 @@
 """Environment -> typed settings: the only module that reads ``os.environ``.
 
-Every name here is part of the CLI/env contract (DESIGN §10, `.env.example`). Defaults are the
+Every name here is part of the CLI/env contract (docs/architecture.md §10, `.env.example`). Defaults are the
 embedded local stack: local broker, local replay server, DuckDB under ``CH_DATA_DIR``.
 """
 
@@ -164,7 +164,7 @@ def sensor_interval_seconds(default: int) -> int:
     """``CH_SENSOR_INTERVAL_SECONDS``: how often the Kafka and automation sensors tick.
 
     Read when the code location loads (sensor intervals are part of the definitions). The default
-    suits production (a run costs ~5 s of a 2-core machine, DESIGN §11); demos and tests shorten it.
+    suits production (a run costs ~5 s of a 2-core machine, docs/architecture.md §11); demos and tests shorten it.
     """
     value = _env("CH_SENSOR_INTERVAL_SECONDS")
     if value is None:

@@ -2,7 +2,7 @@
 
 ``ReplayServer(events=1000, seed=7).start()`` serves ``GET /companies`` on a free loopback port
 (``server.url``); ``ch-pipeline replay-server`` runs it in the foreground. Like the real API
-(DESIGN §3): NDJSON over chunked HTTP, a blank heartbeat line every few seconds when there is no
+(docs/architecture.md §3): NDJSON over chunked HTTP, a blank heartbeat line every few seconds when there is no
 event, consecutive integer timepoints, ``?timepoint=N`` resumes at event N (inclusive), basic auth
 with the key as user (401 when ``api_key`` is set and does not match), 416 for a timepoint outside
 the retained window, and the connection stays open with heartbeats after the last event.

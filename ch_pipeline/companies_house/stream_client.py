@@ -1,4 +1,4 @@
-"""A resumable client for the Companies House streaming API (DESIGN §3).
+"""A resumable client for the Companies House streaming API (docs/architecture.md §3).
 
 ``CompaniesHouseStream(url, api_key, timepoint).events()`` yields every event line once, in stream
 order, across reconnects: it resumes each new connection from the last timepoint it yielded.

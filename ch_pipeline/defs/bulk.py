@@ -1,4 +1,4 @@
-"""``company_house_bulk``: the Companies House bulk snapshot, the core table's baseline (DESIGN §3, §6)."""
+"""``company_house_bulk``: the Companies House bulk snapshot, the core table's baseline (docs/architecture.md §3, §6)."""
 
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
 
 @dg.asset(
     name=BULK_TABLE,
-    pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
+    pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
     group_name=ASSET_GROUP,
     kinds={"csv", "duckdb", "bigquery"},
     # Loaded once when missing (a fresh warehouse); a failed load is not retried in a loop. A new

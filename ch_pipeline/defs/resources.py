@@ -86,7 +86,7 @@ class WarehouseResource(dg.ConfigurableResource):
     """The warehouse: DuckDB (local default) or BigQuery (production), chosen by ``CH_WAREHOUSE``.
 
     Sensors run in the long-lived code server and must never open the DuckDB file (one writer
-    process, and a reader blocks writers: DESIGN §11); only asset bodies call ``duckdb_connection``.
+    process, and a reader blocks writers: docs/architecture.md §11); only asset bodies call ``duckdb_connection``.
     """
 
     kind: str = "duckdb"
@@ -113,7 +113,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def duckdb_connection(self) -> Iterator["duckdb.DuckDBPyConnection"]:
         """A read-write connection to the DuckDB file, closed when the block ends.
 
-        Close promptly: while it is open no other process can write the file (DESIGN §11).
+        Close promptly: while it is open no other process can write the file (docs/architecture.md §11).
         """
         from ch_pipeline.warehouse.duckdb_warehouse import connect
 

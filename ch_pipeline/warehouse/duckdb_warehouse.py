@@ -14,7 +14,7 @@ from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_C
 
 @contextmanager
 def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the file read-write and close it when the block ends (one writer process: DESIGN §11)."""
+    """Open the file read-write and close it when the block ends (one writer process: docs/architecture.md §11)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
     try:

@@ -1,4 +1,4 @@
-"""The warehouse tables, written once (DESIGN §5).
+"""The warehouse tables, written once (docs/architecture.md §5).
 
 Each table is a list of ``Column``s; the DuckDB DDL, the BigQuery schema and the Arrow schema of
 landed batches are all derived from it, so the three can never drift apart. Timestamps are

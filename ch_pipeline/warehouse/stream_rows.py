@@ -1,6 +1,6 @@
-"""Kafka messages -> stream rows (DESIGN §5), or -> reject rows with the reason.
+"""Kafka messages -> stream rows (docs/architecture.md §5), or -> reject rows with the reason.
 
-Two message shapes are accepted (DESIGN §4): the original Companies House event envelope, and
+Two message shapes are accepted (docs/architecture.md §4): the original Companies House event envelope, and
 the tutorial's flat six-field record with ``"NA"`` for missing values. Bad input never fails a
 run: a message that is not one of the two shapes becomes a reject row carrying its coordinates,
 its bytes (base64) and the error, so it can be inspected and replayed.

@@ -51,7 +51,7 @@ def envelope(
     timepoint: int = 1000,
     resource_kind: str = "company-profile",
 ) -> dict:
-    """The stream's event envelope (DESIGN §3); ``data`` is left out when None (a ``deleted`` event)."""
+    """The stream's event envelope (docs/architecture.md §3); ``data`` is left out when None (a ``deleted`` event)."""
     event: dict = {
         "resource_kind": resource_kind,
         "resource_uri": f"/company/{number}",
@@ -72,7 +72,7 @@ def changed(number: str, timepoint: int = 1000, published_at: str = PUBLISHED_AT
 
 
 def flat(**fields: str) -> bytes:
-    """The tutorial producer's flat six-field record, "NA" for missing (DESIGN §4)."""
+    """The tutorial producer's flat six-field record, "NA" for missing (docs/architecture.md §4)."""
     record = {
         "company_name": "FLAT RECORD LTD",
         "company_number": "07000001",
@@ -425,7 +425,7 @@ DBT_CASES = [
         expected=("TIE SECOND LTD", "dissolved", "EH1 2NG"),
     ),
     DbtCase(
-        # The API can send an event twice (DESIGN §3): two offsets, one core row.
+        # The API can send an event twice (docs/architecture.md §3): two offsets, one core row.
         "same_event_sent_twice",
         batch_1=(),
         batch_2=(

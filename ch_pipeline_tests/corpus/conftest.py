@@ -2,7 +2,7 @@
 
 Real broker (session fixture), real Dagster instance, the real sensor and real runs of
 ``company_house_stream``, real DuckDB, the real bulk asset and real dbt builds. Every landing case
-is one Kafka message of one topic, so the cases cost one sensor tick and one run (DESIGN §11: a run
+is one Kafka message of one topic, so the cases cost one sensor tick and one run (docs/architecture.md §11: a run
 costs seconds); each test then finds its case by the message's Kafka coordinates.
 
 Sequence: bulk load -> batch 1 (every landing case + the dbt cases' first events) -> dbt build ->

@@ -31,7 +31,7 @@ def ticks():
 
 
 def test_models_run_while_a_newer_stream_partition_is_still_landing(ticks: Ticks):
-    """DESIGN §11: eager() never fired here (the newest partition counts as missing while its run is
+    """docs/architecture.md §11: eager() never fired here (the newest partition counts as missing while its run is
     in flight); the condition used fires on the partition that did land."""
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
@@ -40,7 +40,7 @@ def test_models_run_while_a_newer_stream_partition_is_still_landing(ticks: Ticks
     materialized(instance, "company_house_stream", partition="p0:0-99")  # p0:100-199 not landed yet
     assert ticks.requested() == DBT_MODELS
 
-    # The same instance, the same events, plain eager() on the models: nothing (DESIGN §11).
+    # The same instance, the same events, plain eager() on the models: nothing (docs/architecture.md §11).
     with_eager = dg.Definitions(
         assets=[
             company_house_stream,

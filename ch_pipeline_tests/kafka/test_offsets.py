@@ -65,7 +65,7 @@ def assert_contiguous(batches, starts, ends):
 def test_probe_finds_the_true_end_although_the_broker_reports_another(broker, topic_name):
     broker.create_topic(topic_name, 3)
     # Several flushes make several record batches per partition: the local broker's reported
-    # high watermark is then the start of the last batch + 1 (DESIGN §9), not the end.
+    # high watermark is then the start of the last batch + 1 (docs/architecture.md §9), not the end.
     for _ in range(3):
         produce_filler(broker.bootstrap_servers, topic_name, {0: 3000, 1: 1000})
     config = {"bootstrap.servers": broker.bootstrap_servers}

@@ -23,7 +23,7 @@ PARTITIONS = 3
 def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout: float = 30) -> list:
     """Every message of ``topic``, read by assign from offset 0 until each partition reports its end.
 
-    The end-of-partition event, not get_watermark_offsets (wrong on the local broker, DESIGN §9).
+    The end-of-partition event, not get_watermark_offsets (wrong on the local broker, docs/architecture.md §9).
     """
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False, "enable.partition.eof": True}

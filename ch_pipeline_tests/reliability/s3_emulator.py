@@ -1,6 +1,6 @@
 """A local S3 emulator (PyPI ``moto[server]``) so the local broker can keep its data across a restart.
 
-DESIGN §9: tansu's ``--storage-engine s3://BUCKET/`` against moto kept topics, records and offsets
+docs/architecture.md §9: tansu's ``--storage-engine s3://BUCKET/`` against moto kept topics, records and offsets
 through a broker restart; the memory engine keeps nothing.
 """
 

@@ -127,7 +127,7 @@ def test_replay_server_errors_and_dropped_connections_resume_without_a_gap(broke
 
 @contextmanager
 def duckdb_file_locked_by_another_process(path):
-    """A real second process holding the DuckDB file read-write: every other writer fails (DESIGN §11)."""
+    """A real second process holding the DuckDB file read-write: every other writer fails (docs/architecture.md §11)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(path)],
         stdout=subprocess.PIPE, text=True,

@@ -1,7 +1,7 @@
 """Kafka message fixtures for the landing tests and benchmarks: events, flat records, malformed bytes.
 
 Built here (not from the producer's generator) so these tests pin the message contract of
-DESIGN §4 on their own.
+docs/architecture.md §4 on their own.
 """
 
 from __future__ import annotations
