@@ -364,7 +364,7 @@ class ProductionStack:
 
     @property
     def duckdb_path(self) -> Path:
-        return self.root / "volumes" / "ch-data" / "warehouse.duckdb"
+        return Path(self.env_of("ch-pipeline-code")["CH_DATA_DIR"]) / "warehouse.duckdb"  # settings.py's default
 
     @property
     def checkpoint_path(self) -> Path:

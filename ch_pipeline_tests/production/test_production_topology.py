@@ -166,11 +166,18 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
             pid = worker_pid(instance, run.run_id)
             if pid is None:
                 continue
-            worker = psutil.Process(pid)
-            assert code_server.pid in [p.pid for p in worker.parents()], "the run worker is a process of the code server"
-            family = [worker, *worker.children(recursive=True)]
+            try:
+                worker = psutil.Process(pid)
+                parents = [p.pid for p in worker.parents()]
+                family = [worker, *worker.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue  # it finished meanwhile
+            assert code_server.pid in parents, "the run worker is a process of the code server"
             for process in family:
-                process.kill()
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
             psutil.wait_procs(family, timeout=10)
             killed = run
             break
