@@ -13,6 +13,7 @@ on one stack (module fixture): the run-worker kill happens while the stream is l
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -299,6 +300,44 @@ def test_compute_logs_of_finished_runs_are_files_the_webserver_reads(production_
         assert data["capturedLogs"]["stderr"] == stderr
         checked += 1
     assert checked == 3
+
+
+def test_dagster_migrate_run_again_on_the_live_instance_is_a_no_op(production_stack):
+    """`docker compose up -d` runs the one-shot dagster-migrate again while the other services run."""
+    migrate = production_stack.services["dagster-migrate"]
+    migrate.start()
+    assert migrate.process.wait(timeout=180) == 0, migrate.tail()
+    assert "Skipping already applied migration" in migrate.log.read_text()
+    graphql(production_stack, "{ assetNodes { id } }")  # the webserver still reads the instance
+
+
+def test_a_restarted_code_server_is_used_again_by_the_daemon_and_the_webserver(production_stack, instance):
+    """What `restart: unless-stopped` does after the code-server container dies: the same command on
+    the same port. The daemon and the webserver, which were not restarted, must reach the new one."""
+    code = production_stack.services["ch-pipeline-code"]
+    os.killpg(code.process.pid, signal.SIGKILL)  # the whole container: the server and any run worker
+    code.process.wait(timeout=30)
+    restarted_at = time.time()
+    code.start()
+    wait("the code server healthy again", lambda: production_stack._healthy("ch-pipeline-code"), 120, production_stack, interval=3.0)
+
+    def ticked_after_restart() -> bool:
+        states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        return all(
+            any(t.timestamp > restarted_at and t.status in (TickStatus.SUCCESS, TickStatus.SKIPPED)
+                for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=3))
+            for s in states
+        )  # fmt: skip
+
+    wait("both sensors ticked on the new code server", ticked_after_restart, 90, production_stack, interval=1.0)
+
+    def loaded() -> bool:
+        data = graphql(production_stack, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus "
+                                         "locationOrLoadError { __typename } } } } }")  # fmt: skip
+        (entry,) = data["workspaceOrError"]["locationEntries"]
+        return entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+
+    wait("the webserver serving the new code server's location", loaded, 60, production_stack, interval=2.0)
 
 
 def test_nothing_is_written_into_the_image(production_stack):
