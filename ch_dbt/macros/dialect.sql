@@ -13,3 +13,8 @@
 {#- The larger of two values, ignoring a NULL one (BigQuery's GREATEST returns NULL if any is NULL,
     DuckDB's ignores NULLs: coalescing first gives both the same meaning). -#}
 {% macro greatest_non_null(a, b) %}greatest(coalesce({{ a }}, {{ b }}), coalesce({{ b }}, {{ a }})){% endmacro %}
+
+{#- A timestamp truncated to the whole second (published_at has one-second resolution in the API). -#}
+{% macro truncate_to_second(timestamp_expression) %}{{ return(adapter.dispatch('truncate_to_second', 'ch_dbt')(timestamp_expression)) }}{% endmacro %}
+{% macro default__truncate_to_second(timestamp_expression) %}date_trunc('second', {{ timestamp_expression }}){% endmacro %}
+{% macro bigquery__truncate_to_second(timestamp_expression) %}timestamp_trunc({{ timestamp_expression }}, second){% endmacro %}

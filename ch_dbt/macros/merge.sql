@@ -3,7 +3,8 @@
     the offline BigQuery emulator refuses DELETE statements), so the deletion rides in the MERGE:
     a model sets `merge_delete_when` (a condition on DBT_INTERNAL_SOURCE); matched rows meeting it
     are deleted, unmatched ones are not inserted. Same SQL on DuckDB (>= 1.4) and BigQuery.
-    Models without `merge_delete_when` get the adapter's own merge, unchanged. -#}
+    Models without `merge_delete_when` get the adapter's own merge, unchanged. The control column
+    merge_action is never a table column: the merge leaves it out, and so does on_schema_change. -#}
 
 {% macro duckdb__get_merge_sql(target, source, unique_key, dest_columns, incremental_predicates=none) -%}
     {%- if config.get('merge_delete_when') -%}
@@ -20,7 +21,7 @@
 {%- endmacro %}
 
 {% macro merge_with_deletes_sql(target, source, unique_key, dest_columns, delete_when) -%}
-    {%- set columns = dest_columns | map(attribute='quoted') | list -%}
+    {%- set columns = dest_columns | rejectattr('name', 'in', ch_dbt.merge_control_columns()) | map(attribute='quoted') | list -%}
 merge into {{ target }} as DBT_INTERNAL_DEST
 using {{ source }} as DBT_INTERNAL_SOURCE
 on DBT_INTERNAL_SOURCE.{{ unique_key }} = DBT_INTERNAL_DEST.{{ unique_key }}
@@ -32,3 +33,30 @@ when matched then update set
 when not matched and not ({{ delete_when }}) then insert ({{ columns | join(', ') }})
     values ({% for column in columns %}DBT_INTERNAL_SOURCE.{{ column }}{{ ", " if not loop.last }}{% endfor %})
 {%- endmacro %}
+
+{#- The columns of a merge source that steer the MERGE and are not columns of the table. -#}
+{% macro merge_control_columns() %}{{ return(['merge_action'] if config.get('merge_delete_when') else []) }}{% endmacro %}
+
+{#- on_schema_change (append_new_columns) compares the model's query with the table: a model with
+    `merge_delete_when` carries merge_action in its query, which must not be appended to the table nor
+    merged into it. Both adapters' checks run unchanged, then forget the control columns. -#}
+{% macro duckdb__check_for_schema_changes(source_relation, target_relation) %}
+    {{ return(ch_dbt.without_merge_control_columns(dbt.default__check_for_schema_changes(source_relation, target_relation))) }}
+{% endmacro %}
+
+{% macro bigquery__check_for_schema_changes(source_relation, target_relation) %}
+    {{ return(ch_dbt.without_merge_control_columns(dbt.bigquery__check_for_schema_changes(source_relation, target_relation))) }}
+{% endmacro %}
+
+{% macro without_merge_control_columns(changes) %}
+    {%- set control = ch_dbt.merge_control_columns() -%}
+    {%- if not control -%}{{ return(changes) }}{%- endif -%}
+    {%- set source_not_in_target = changes['source_not_in_target'] | rejectattr('name', 'in', control) | list -%}
+    {%- do changes.update({
+        'source_not_in_target': source_not_in_target,
+        'source_columns': changes['source_columns'] | rejectattr('name', 'in', control) | list,
+        'schema_changed': (source_not_in_target | length > 0) or (changes['target_not_in_source'] | length > 0)
+                          or (changes['new_target_types'] | length > 0),
+    }) -%}
+    {{ return(changes) }}
+{% endmacro %}

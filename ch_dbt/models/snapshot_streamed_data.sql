@@ -1,4 +1,5 @@
-{#- Stream rows not yet applied, one per company (DESIGN §6).
+{#- Stream rows not yet applied, one per company (DESIGN §6): its newest event in the order of
+    macros/event_order.sql, with the fields that order it (order_time, timepoint, Kafka partition, offset).
     "Not yet applied" is exact per Kafka partition: offset beyond the watermark (no timestamp ties,
     no late-arrival loss), or landed after the watermark was taken (an earlier offset range that
     landed late, or a re-landed range: re-applying is harmless, the core keeps the newest event).

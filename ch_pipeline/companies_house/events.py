@@ -11,19 +11,22 @@ The small public API (used by the replay server, the producer and the tests of e
 - ``write_events(path, events)`` / ``read_events(path)``: the events as an NDJSON file.
 - ``company_number_of(event)``: the Kafka key: ``data.company_number``, else parsed from
   ``resource_uri`` (``deleted`` events have no ``data``).
-- ``final_companies(events)`` -> ``{company_number: row}``: the ground truth of the core table after
-  all events (latest ``published_at`` then ``timepoint`` wins, ``deleted`` removes the company);
-  a row has the tutorial's fields (``company_name, company_number, company_status,
-  date_of_creation, postal_code, published_at``), ``None`` for a missing value.
+- ``final_companies(events, received_at=None)`` -> ``{company_number: row}``: the ground truth of the
+  core table after all events (the latest event wins, ``deleted`` removes the company); a row has the
+  tutorial's fields (``company_name, company_number, company_status, date_of_creation, postal_code,
+  published_at``), ``None`` for a missing value. Events are ordered as the dbt models order them
+  (``ch_dbt/macros/event_order.sql``): by ``published_at``, but never later than the second the event
+  reached Kafka (``received_at(event)``, its Kafka timestamp, when given), then by ``timepoint``;
+  equal events keep their order in ``events`` (Kafka order).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 RESOURCE_KIND = "company-profile"
@@ -98,15 +101,20 @@ def company_number_of(event: dict) -> str | None:
     return event.get("resource_id") or None
 
 
-def final_companies(events: Iterable[dict]) -> dict[str, dict]:
-    """The expected core table after ``events``: one row per company not deleted."""
-    latest: dict[str, dict] = {}
+def final_companies(
+    events: Iterable[dict], received_at: Callable[[dict], datetime | None] | None = None
+) -> dict[str, dict]:
+    """The expected core table after ``events``: one row per company not deleted. ``received_at``
+    gives an event's Kafka timestamp (``None``: unknown); without it ``published_at`` is taken as is
+    (the generator never publishes after sending)."""
+    latest: dict[str, tuple[tuple[datetime, int], dict]] = {}
     for event in events:
         number = company_number_of(event)
+        order = event_order(event, received_at(event) if received_at else None)
         current = latest.get(number)
-        if current is None or _order(event) >= _order(current):
-            latest[number] = event
-    return {number: company_row(event) for number, event in latest.items() if event["event"]["type"] != "deleted"}
+        if current is None or order >= current[0]:
+            latest[number] = (order, event)
+    return {number: company_row(event) for number, (_, event) in latest.items() if event["event"]["type"] != "deleted"}
 
 
 def company_row(event: dict) -> dict:
@@ -122,8 +130,23 @@ def company_row(event: dict) -> dict:
     }
 
 
-def _order(event: dict) -> tuple[str, int]:
-    return event["event"]["published_at"], timepoint_of(event)
+_EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def event_order(event: dict, received_at: datetime | None = None) -> tuple[datetime, int]:
+    """(order time, timepoint), larger is newer. The order time is ``published_at`` (UTC when it has no
+    offset; missing: the earliest instant), but no later than ``received_at`` truncated to the second:
+    an event published "in the future" counts as published when it reached Kafka, so it cannot hold
+    back the company's later events (the rule of ``ch_dbt/macros/event_order.sql``)."""
+    text = event["event"].get("published_at")
+    published = _EARLIEST if not text else datetime.fromisoformat(text)
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=timezone.utc)
+    if received_at is not None:
+        if received_at.tzinfo is None:
+            received_at = received_at.replace(tzinfo=timezone.utc)
+        published = min(published, received_at.replace(microsecond=0))
+    return published, timepoint_of(event)
 
 
 @dataclass

@@ -21,4 +21,6 @@ def test_sources_list_the_columns_of_schema_py():
 def test_core_has_the_bulk_columns_plus_the_event_it_holds():
     models = {m["name"]: m for m in load("models.yml")["models"]}
     core = [c["name"] for c in models["company_house_core"]["columns"]]
-    assert core == [c.name for c in BULK_COLUMNS] + ["last_published_at", "last_kafka_offset"]
+    assert core == [c.name for c in BULK_COLUMNS] + [
+        "last_published_at", "last_kafka_offset", "last_kafka_partition", "last_timepoint", "last_order_time"
+    ]
