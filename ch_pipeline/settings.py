@@ -183,3 +183,14 @@ def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     are therefore not passed this way (see ``ch_pipeline.defs.resources``).
     """
     return dg.EnvVar(name) if _env(name) is not None else default
+
+
+def dbt_build_target_path() -> Path:
+    """Where every ``dbt build`` of the Dagster assets writes: one folder, reused.
+
+    dagster-dbt's default is a new folder per run under ``DBT_TARGET_PATH`` (default ``target``,
+    relative to the dbt project): ~2 MB each, never removed (GBs a day at one build per tick), and each
+    run re-parses the project from scratch because its partial-parse file is in the previous folder.
+    The builds never overlap (the warehouse pool), so one folder serves them all.
+    """
+    return Path(_env("DBT_TARGET_PATH", "target")) / "ch_dbt_models"

@@ -18,7 +18,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
-from ch_pipeline.settings import Settings, sensor_interval_seconds
+from ch_pipeline.settings import dbt_build_target_path, Settings, sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
@@ -162,7 +162,7 @@ def _ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     A failed model or a failed error-severity test skips everything downstream, so the watermark
     never advances past a batch the core did not take.
     """
-    yield from dbt.cli(["build"], context=context).stream()
+    yield from dbt.cli(["build"], context=context, target_path=dbt_build_target_path()).stream()
 
 
 def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
