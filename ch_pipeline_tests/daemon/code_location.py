@@ -119,7 +119,11 @@ def _hold_after_models(invocation: DbtCliInvocation, events):
         if context is None or output_name is None:
             continue
         model = context.asset_key_for_output(output_name).to_user_string()
-        if faults.claim(faults.dbt_hold_after(model), context.run_id) is not None:
+        marker = faults.dbt_hold_after(model)
+        value = faults.peek(marker)
+        if value is None or value == faults.INCREMENTAL and not _core_built_before(context):
+            continue
+        if faults.claim(marker, context.run_id) is not None:
             # Dagster has recorded `model`; dbt is paused before its next node commits. The test
             # SIGKILLs this worker and the paused dbt now.
             os.kill(invocation.process.pid, signal.SIGSTOP)
@@ -127,6 +131,14 @@ def _hold_after_models(invocation: DbtCliInvocation, events):
             while time.monotonic() < deadline:
                 time.sleep(0.2)
             os.kill(invocation.process.pid, signal.SIGCONT)
+
+
+def _core_built_before(context) -> bool:
+    """Did another run build the core before this one (is this an incremental build)?"""
+    import dagster as dg
+
+    records = context.instance.fetch_materializations(dg.AssetKey("company_house_core"), limit=5).records
+    return any(record.run_id != context.run_id for record in records)
 
 
 DbtCliInvocation.run = classmethod(_run)

@@ -14,7 +14,8 @@ Fault points (marker names):
   materialization.
 - ``dbt_hold_after_<model>``: the dbt run worker has recorded ``<model>``'s materialization; it
   pauses its ``dbt`` child (SIGSTOP) and waits, so that the test can SIGKILL it at exactly that
-  point (the models after ``<model>`` have not run).
+  point (the models after ``<model>`` have not run). Armed with the value ``incremental``, only
+  a build on an existing core fires it (not the first build).
 - ``dbt_hold_build``: a dbt run holds its ``duckdb`` pool slot for the marker's value in seconds
   before starting dbt (a long build), so that landings queue behind it.
 """
@@ -59,6 +60,9 @@ def is_armed(directory: Path, name: str) -> bool:
     return (directory / name).exists()
 
 
+INCREMENTAL = "incremental"
+
+
 def disarm(directory: Path, name: str) -> bool:
     """Take an armed marker back (True if it had not fired)."""
     try:
@@ -93,6 +97,17 @@ def clear_fired(directory: Path, name: str) -> None:
 
 
 # --- the run worker's side -----------------------------------------------------------------
+
+
+def peek(name: str) -> str | None:
+    """The value of the marker ``name`` if it is armed (without consuming it)."""
+    directory = fault_dir()
+    if directory is None:
+        return None
+    try:
+        return (directory / name).read_text()
+    except FileNotFoundError:
+        return None
 
 
 def claim(name: str, run_id: str | None = None) -> str | None:

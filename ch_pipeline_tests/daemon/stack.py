@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -64,6 +65,7 @@ IN_FLIGHT = [
     DagsterRunStatus.CANCELING,
 ]
 STARTUP_TIMEOUT = 120.0
+GATE_CLOSED_RATE = 1e-9
 _PID_MESSAGE = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
@@ -75,6 +77,8 @@ class StackConfig:
     sensor_interval: int = 2  # CH_SENSOR_INTERVAL_SECONDS: both sensors
     bulk_companies: int = 2_000
     start_producer: bool = True
+    # Gated: the replay server holds its events back until ``release`` lets them go (in bursts).
+    gated: bool = False
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -238,6 +242,7 @@ class DaemonStack:
         self.last_fault_at: float | None = None
         self.faults: list[tuple[float, str]] = []  # (time.time(), description)
         self.started_at = time.time()
+        self._stopped = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -258,6 +263,10 @@ class DaemonStack:
         self.broker = LocalBroker(log_path=self.root / "broker.log").start()
         self.broker.create_topic(self.topic, TOPIC_PARTITIONS)
         self.replay = ReplayServer(events=self.config.events, seed=self.config.seed, rate=self.config.rate, heartbeat_interval=0.5)
+        if self.config.gated:
+            # Events before `history` go at once, the others at `rate`: a rate of ~0 holds them back
+            # (but for one: the server sends the first event after each burst at once).
+            self.replay.rate, self.replay.history = GATE_CLOSED_RATE, 0
         self.replay.start()
         bulk_csv = write_sample(self.root / "bulk.csv", self.config.bulk_companies, seed=5)
         home = prepare_dagster_home(self.root)
@@ -304,6 +313,7 @@ class DaemonStack:
             self.start_producer()
 
     def stop(self) -> None:
+        self._stopped.set()
         for name in ("producer", "daemon", "code-server"):
             child = self.children.get(name)
             if child is not None:
@@ -356,10 +366,11 @@ class DaemonStack:
                 raise RuntimeError(f"daemons {sorted(required - beating)} sent no heartbeat in {STARTUP_TIMEOUT:.0f}s:\n{child.tail()}")
             time.sleep(0.25)
 
-    def fault(self, description: str) -> None:
-        """Record that a fault was injected now (``converge`` measures from the last one)."""
-        self.last_fault_at = time.time()
-        self.faults.append((self.last_fault_at, description))
+    def fault(self, description: str, at: float | None = None) -> None:
+        """Record that a fault was injected now (or ``at``); ``converge`` measures from the last one."""
+        at = time.time() if at is None else at
+        self.last_fault_at = max(self.last_fault_at or at, at)
+        self.faults.append((at, description))
 
     def kill(self, name: str) -> None:
         """SIGKILL one part of the stack ('producer', 'daemon', 'code-server'), that process only."""
@@ -404,8 +415,18 @@ class DaemonStack:
             time.sleep(0.1)
 
     def kill_run_worker(self, run_id: str, description: str | None = None) -> list[int]:
-        """SIGKILL a run's worker and its descendants (the ``dbt`` child of a dbt run)."""
+        """SIGKILL a run's worker and its descendants (the ``dbt`` child of a dbt run).
+
+        Only a process of one of our code servers' process groups (run workers inherit it): a
+        pid from the event log whose worker has already exited may have been reused by anything.
+        """
         pid = self.worker_pid(run_id)
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            return []
+        if group not in self.children["code-server"].groups:
+            return []
         self.fault(description or f"SIGKILL run worker {run_id[:8]} (pid {pid})")
         return kill_tree(pid)
 
@@ -447,8 +468,21 @@ class DaemonStack:
     def producer_checkpoint(self) -> int | None:
         return read_checkpoint(self.checkpoint_path, self.replay.url)
 
+    @property
+    def released_until(self) -> int:
+        """The last timepoint the replay server lets go (the whole history unless gated)."""
+        if self.config.gated and self.replay.history < len(self.replay.lines):
+            return self.replay.timepoints[max(self.replay.history, 1) - 1]
+        return self.replay.timepoints[-1]
+
     def producer_done(self) -> bool:
-        return self.producer_checkpoint() == self.replay.timepoints[-1]
+        """The producer delivered everything released (checkpointed past it)."""
+        return (self.producer_checkpoint() or 0) >= self.released_until
+
+    def served_events(self) -> list[dict]:
+        """The events now in Kafka as the producer delivered them: up to its checkpoint."""
+        checkpoint = self.producer_checkpoint() or 0
+        return [json.loads(line) for line, tp in zip(self.replay.lines, self.replay.timepoints) if tp <= checkpoint]
 
     def wait_produced(self, fraction: float, timeout: float) -> None:
         """Until the producer's checkpoint passed ``fraction`` of the history."""
@@ -457,6 +491,35 @@ class DaemonStack:
         while (self.producer_checkpoint() or 0) < target:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the producer did not reach timepoint {target} within {timeout:.0f}s\n{self.children['producer'].tail()}")
+            time.sleep(0.2)
+
+    def release(self, events: int) -> int:
+        """Gated stream: let the next ``events`` events of the history go at once; the last timepoint released."""
+        self.replay.history = min(len(self.replay.lines), self.replay.history + events)
+        return self.released_until
+
+    def trickle(self, events: int, rate: float) -> threading.Thread:
+        """Gated stream: let the next ``events`` events go at ``rate`` per second (a thread)."""
+        target = min(len(self.replay.lines), self.replay.history + events)
+
+        def open_gate() -> None:
+            while self.replay.history < target and not self._stopped.is_set():
+                self.replay.history += 1
+                self._stopped.wait(1.0 / rate)
+
+        thread = threading.Thread(target=open_gate, name="replay-gate", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def remaining_events(self) -> int:
+        return len(self.replay.lines) - self.replay.history
+
+    def wait_checkpoint(self, timepoint: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (self.producer_checkpoint() or 0) < timepoint:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the producer did not reach timepoint {timepoint} within {timeout:.0f}s\n{self.children['producer'].tail()}")
             time.sleep(0.2)
 
     def sensor_cursor(self) -> dict[int, int]:
@@ -487,20 +550,38 @@ class DaemonStack:
         inputs = [event.timestamp for key in (STREAM, BULK) if (event := self.last_materialization(key)) is not None]
         return run is not None and run.start_time is not None and all(run.start_time > t for t in inputs)
 
+    def builds(self) -> list[tuple[str, float, float]]:
+        """(run id, run start, watermark materialization time) of every dbt build that completed."""
+        builds = []
+        for record in self.instance.fetch_materializations(WATERMARK, limit=10_000).records:
+            run = self.instance.get_run_record_by_id(record.run_id)
+            if run is not None and run.start_time is not None:
+                builds.append((record.run_id, run.start_time, record.timestamp))
+        return sorted(builds, key=lambda build: build[2])
+
+    def last_landing_at(self) -> float | None:
+        event = self.last_materialization(STREAM)
+        return event.timestamp if event is not None else None
+
+    def core_reached(self, landed_at: float) -> float | None:
+        """When the first build that started after ``landed_at`` (a landing) completed."""
+        return next((done for _, start, done in self.builds() if start > landed_at), None)
+
+    def last_event_produced_at(self) -> float:
+        """When the last message entered Kafka (its timestamp; the warehouse keeps it)."""
+        with duckdb.connect(str(self.db), read_only=True) as con:
+            return con.execute(
+                f"select epoch(max(kafka_timestamp)) from (select kafka_timestamp from {STREAM_TABLE} "
+                f"union all select kafka_timestamp from {REJECTS_TABLE})"
+            ).fetchone()[0]
+
     # --- convergence -------------------------------------------------------------------------
 
     def settled(self) -> tuple[bool, str]:
         """Has the pipeline nothing left to do? (not yet: the first reason why)."""
         self.check_alive()
         if not self.producer_done():
-            return False, f"producer at timepoint {self.producer_checkpoint()} of {self.replay.timepoints[-1]}"
-        try:
-            _, ends = self.kafka_offsets()
-        except KafkaUnavailable as exc:
-            return False, f"Kafka: {exc}"
-        cursor = self.sensor_cursor()
-        if any(cursor.get(p, 0) < end for p, end in ends.items()):
-            return False, f"sensor cursor {cursor} behind Kafka {ends}"
+            return False, f"producer at timepoint {self.producer_checkpoint()} of {self.released_until}"
         if runs := self.in_flight():
             return False, f"{len(runs)} runs in flight ({', '.join(sorted({r.status.value for r in runs}))})"
         if retries := self.pending_retries():
@@ -509,6 +590,13 @@ class DaemonStack:
             return False, f"{len(missing)} stream partitions not landed: {missing[:3]}"
         if not self.build_after_last_input():
             return False, "no dbt build since the last landing"
+        try:
+            _, ends = self.kafka_offsets()
+        except KafkaUnavailable as exc:
+            return False, f"Kafka: {exc}"
+        cursor = self.sensor_cursor()
+        if any(cursor.get(p, 0) < end for p, end in ends.items()):
+            return False, f"sensor cursor {cursor} behind Kafka {ends}"
         return True, "settled"
 
     def converge(self, timeout: float) -> Convergence:
@@ -535,7 +623,7 @@ class DaemonStack:
                         now = time.time()
                         return Convergence(verdict, now - started, None if self.last_fault_at is None else now - self.last_fault_at)
                     reason = f"watermark {verdict.watermark} != Kafka ends - 1 {verdict.kafka_ends}"
-            time.sleep(0.5)
+            time.sleep(1.0)
         raise NotConverged(f"not converged after {timeout:.0f}s: {reason}\n{self.diagnostics()}")
 
     def verdict(self) -> Verdict:
@@ -550,7 +638,7 @@ class DaemonStack:
             bulk = _rows_by_number(con, "company_house_bulk")
             core = _rows_by_number(con, "company_house_core")
         landed = {(p, o) for p, o, _ in held}
-        expected = expected_core(bulk, [json.loads(line) for line in self.replay.lines])
+        expected = expected_core(bulk, self.served_events())
         differing = sorted(
             n for n in expected.keys() | core.keys() if n not in core or n not in expected or _normalise(core[n]) != _normalise(expected[n])
         )
