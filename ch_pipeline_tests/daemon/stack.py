@@ -132,8 +132,9 @@ class Child:
             except subprocess.TimeoutExpired:
                 _signal_group(self.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
+            _signal_group(self.pid, signal.SIGKILL)
         for group in self.groups:
-            _signal_group(group, signal.SIGKILL)
+            _kill_our_processes_in_group(group, self.env["DAGSTER_HOME"])
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -143,10 +144,22 @@ class Child:
 
 
 def _signal_group(group: int, sig: int) -> None:
+    """Signal a group whose leader we know is ours (alive, or just reaped by us)."""
     try:
         os.killpg(group, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_our_processes_in_group(group: int, dagster_home: str) -> None:
+    """SIGKILL what is left in a group whose leader is gone (e.g. the run workers a killed code
+    server orphaned), but only processes of this stack: pids and so group ids get reused."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group and process.environ().get("DAGSTER_HOME") == dagster_home:
+                process.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            pass
 
 
 def kill_tree(pid: int) -> list[int]:
@@ -287,6 +300,9 @@ class DaemonStack:
             "KAFKA_TOPIC": self.topic,
             "CH_STREAM_URL": self.replay.url,
             "CH_SENSOR_INTERVAL_SECONDS": str(self.config.sensor_interval),
+            # dbt's target folder inside the scenario (the default, ch_dbt/target, is shared by
+            # every run of the checkout: other test sessions' builds would write the same files).
+            "DBT_TARGET_PATH": str(self.root / "dbt-target"),
             faults.FAULT_DIR_ENV: str(self.fault_dir),
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(REPO_ROOT),
@@ -404,12 +420,16 @@ class DaemonStack:
 
     def worker_pid(self, run_id: str, timeout: float = 60.0) -> int:
         """The pid of a run's worker process, from its event log (``Started process for run``)."""
+        return self._worker(run_id, timeout)[0]
+
+    def _worker(self, run_id: str, timeout: float) -> tuple[int, float]:
+        """(pid, when it reported it) of a run's worker, from its event log."""
         deadline = time.monotonic() + timeout
         while True:
             for record in self.instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
                 match = _PID_MESSAGE.search(record.dagster_event.message or "")
                 if match:
-                    return int(match.group(1))
+                    return int(match.group(1)), record.timestamp
             if time.monotonic() > deadline:
                 raise AssertionError(f"run {run_id} reported no worker process within {timeout:.0f}s")
             time.sleep(0.1)
@@ -420,13 +440,14 @@ class DaemonStack:
         Only a process of one of our code servers' process groups (run workers inherit it): a
         pid from the event log whose worker has already exited may have been reused by anything.
         """
-        pid = self.worker_pid(run_id)
+        pid, reported_at = self._worker(run_id, 60.0)
         try:
             group = os.getpgid(pid)
-        except ProcessLookupError:
+            born = psutil.Process(pid).create_time()
+        except (ProcessLookupError, psutil.Error):
             return []
-        if group not in self.children["code-server"].groups:
-            return []
+        if group not in self.children["code-server"].groups or born > reported_at + 1:
+            return []  # not a process of ours, or the pid was reused after the worker exited
         self.fault(description or f"SIGKILL run worker {run_id[:8]} (pid {pid})")
         return kill_tree(pid)
 

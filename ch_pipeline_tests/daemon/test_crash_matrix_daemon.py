@@ -97,7 +97,7 @@ def test_run_workers_killed_mid_landing_and_mid_build(stack: DaemonStack, record
     It runs first, on the fresh deployment: the bulk load and the first (full) build overlap it,
     and the dbt fault points fire on incremental builds only.
 
-    Measured here (shared 2-core machine): converged 29-34 s after the last kill.
+    Measured here (shared 2-core machine): converged 29-34 s after the last kill (the whole test 3-4 min).
     """
     for name in faults.LANDING_FAULTS:
         faults.arm(stack.fault_dir, name)
@@ -176,7 +176,7 @@ def test_quiet_tail_reaches_the_core_including_a_landing_behind_a_build(stack: D
     build started (the race that once lost the trigger): the automation must still request the
     build that takes it.
 
-    Measured here (shared 2-core machine): plain 35 s; after the held build ended 29 s.
+    Measured here (shared 2-core machine): plain 33-44 s; after the held build ended 24-42 s.
     """
     _start_from_converged(stack)
     # A plain quiet tail.
@@ -225,7 +225,7 @@ def test_producer_daemon_and_code_server_killed(stack: DaemonStack, record_outco
     launched: see the next test) and restarted. Run workers are the code server's children, but
     SIGKILL of the server alone orphans them: they finish their runs on their own.
 
-    Measured here (shared 2-core machine): converged 38 s after the last kill.
+    Measured here (shared 2-core machine): converged 38-77 s after the last kill.
     """
     _start_from_converged(stack)
     messages_before = sum(stack.kafka_offsets()[1].values())
