@@ -73,7 +73,11 @@ class InputLandedAfterLastBuild(dg.AutomationCondition):
     A build reads every input committed before it started, so an input materialized earlier is in
     it; one materialized later may not be, and keeps this true until a build starts after it. At
     worst that costs one build too many, never a lost one. A build that failed counts as having
-    started: run retries re-run it, and a build that keeps failing does not loop every tick.
+    started: run retries re-run it, and a build that keeps failing does not loop every tick. Except
+    a build abandoned after its worker died (no step failed: SIGKILL, OOM, its code server gone)
+    once run retries gave up on it: nothing says it took anything, and if no landing follows,
+    nothing else would ever build the core (found by the daemon crash suite,
+    ch_pipeline_tests/daemon).
     """
 
     @property
@@ -102,11 +106,26 @@ def _last_build_started(instance: dg.DagsterInstance, entry) -> float | None:
     # The latest run that materialized it, or that is planned to (queued or in flight).
     for run_id in {entry.last_run_id, entry.last_planned_materialization_run_id} - {None, ""}:
         run = instance.get_run_record_by_id(run_id)
-        if run is not None:
+        if run is not None and not _abandoned_after_its_worker_died(run.dagster_run):
             times.append(run.start_time or run.create_timestamp.timestamp())
     if entry.last_materialization_record and not entry.last_materialization_record.run_id:
         times.append(entry.last_materialization_record.timestamp)
     return max(times, default=None)
+
+
+# Run tags Dagster sets on a failed run: whether run retries will re-launch it, and why it failed.
+WILL_RETRY_TAG = "dagster/will_retry"
+FAILURE_REASON_TAG = "dagster/failure_reason"
+
+
+def _abandoned_after_its_worker_died(run: dg.DagsterRun) -> bool:
+    """Failed without a step failure (its worker process died, or its launch failed), and run
+    retries will not re-launch it (max_retries reached, or the retry could not be created)."""
+    return (
+        run.status == dg.DagsterRunStatus.FAILURE
+        and run.tags.get(WILL_RETRY_TAG) == "false"
+        and run.tags.get(FAILURE_REASON_TAG) != "STEP_FAILURE"
+    )
 
 
 stream_has_landed = dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).allow(

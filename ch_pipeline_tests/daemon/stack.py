@@ -451,6 +451,20 @@ class DaemonStack:
         self.fault(description or f"SIGKILL run worker {run_id[:8]} (pid {pid})")
         return kill_tree(pid)
 
+    def launching_now(self, max_age: float = 60.0) -> list[dg.DagsterRun]:
+        """Runs the daemon is launching through the code server right now: STARTING for less than
+        ``max_age`` s, and no worker has reported yet (``StartRun`` waits for that report). A run
+        STARTING for longer with no worker is one whose launch died with the daemon: run monitoring
+        fails it after ``start_timeout_seconds``."""
+        launching = []
+        for run in self.runs([DagsterRunStatus.STARTING]):
+            events = self.instance.all_logs(run.run_id)
+            starting = [e.timestamp for e in events if e.dagster_event and e.dagster_event.event_type == DagsterEventType.PIPELINE_STARTING]
+            reported = any(_PID_MESSAGE.search(e.dagster_event.message or "") for e in events if e.dagster_event)
+            if starting and not reported and time.time() - max(starting) < max_age:
+                launching.append(run)
+        return launching
+
     def materialized_in_run(self, run_id: str) -> set[str]:
         return {
             record.dagster_event.asset_key.to_user_string()
