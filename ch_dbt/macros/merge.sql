@@ -60,3 +60,35 @@ when not matched and not ({{ delete_when }}) then insert ({{ columns | join(', '
     }) -%}
     {{ return(changes) }}
 {% endmacro %}
+
+{#- A model contract (company_house_core) lists the table's columns; the incremental query also carries
+    the control columns. dbt checks the contract on every table it creates from the query, the
+    incremental build's temporary table included: the check sees the query without the control
+    columns, and on BigQuery (whose CREATE TABLE applies the contract's column list, which would drop
+    them) the temporary table is created from the whole query, as without a contract. -#}
+{% macro duckdb__get_assert_columns_equivalent(sql) %}
+    {{ return(dbt.default__get_assert_columns_equivalent(ch_dbt.without_merge_control_columns_sql(sql))) }}
+{% endmacro %}
+
+{% macro bigquery__get_assert_columns_equivalent(sql) %}
+    {{ return(dbt.default__get_assert_columns_equivalent(ch_dbt.without_merge_control_columns_sql(sql))) }}
+{% endmacro %}
+
+{% macro without_merge_control_columns_sql(sql) %}
+    {#- Only the incremental branch of a model selects the control columns. -#}
+    {%- if not (ch_dbt.merge_control_columns() and is_incremental()) -%}{{ return(sql) }}{%- endif -%}
+    {{ return('select ' ~ ch_dbt.star_except(ch_dbt.merge_control_columns()) ~ ' from (' ~ sql ~ ') as without_control_columns') }}
+{% endmacro %}
+
+{% macro bigquery__create_table_as(temporary, relation, compiled_code, language='sql') %}
+    {%- if not (temporary and language == 'sql' and ch_dbt.merge_control_columns() and config.get('contract').enforced) -%}
+        {{ return(dbt.bigquery__create_table_as(temporary, relation, compiled_code, language)) }}
+    {%- endif -%}
+    {{ get_assert_columns_equivalent(compiled_code) }}
+    create or replace table {{ relation }}
+    {{ cluster_by(config.get('cluster_by', none)) }}
+    {{ bigquery_table_options(config, model, temporary) }}
+    as (
+      {{ compiled_code }}
+    );
+{% endmacro %}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
 from ch_pipeline.settings import dbt_build_target_path, Settings, sensor_interval_seconds
@@ -168,6 +168,13 @@ class ChDbtTranslator(DagsterDbtTranslator):
         return spec.replace_attributes(freshness_policy=freshness)
 
 
+# The dbt unit tests (ch_dbt/models/core/*unit_tests.yml) check the SQL, not the data: they run in the
+# test suite (ch_pipeline_tests/dbt/test_dbt_unit_tests.py), never in the pipeline's builds, where they
+# would delay every event on its way to the core. Row counts and column types cost one query per model
+# after it is built (on DuckDB after dbt exits, once its write lock is released; dagster-dbt waits for it).
+DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
+
+
 @dbt_assets(
     manifest=prepare_manifest(),
     project=ch_dbt_project,
@@ -179,9 +186,33 @@ def _ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
 
     A failed model or a failed error-severity test skips everything downstream, so the watermark
-    never advances past a batch the core did not take.
+    never advances past a batch the core did not take. Each materialization carries its row count
+    and column types (docs/architecture.md §6).
     """
-    yield from dbt.cli(["build"], context=context, target_path=dbt_build_target_path()).stream()
+    invocation = dbt.cli(DBT_BUILD_ARGS, context=context, target_path=dbt_build_target_path())
+    try:
+        yield from invocation.stream().fetch_row_counts().fetch_column_metadata(with_column_lineage=False)
+    finally:
+        close_duckdb_file(invocation)
+
+
+def close_duckdb_file(invocation: DbtCliInvocation) -> None:
+    """Close the DuckDB file that reading row counts and column types opened in this process.
+
+    dagster-dbt reads them through dbt-duckdb once dbt has exited (DuckDB has one writer process),
+    and dbt-duckdb keeps the file open after its last connection is released (measured: opening it
+    again in this process failed), which would lock out the next writer the warehouse pool lets in
+    while this process lives. No-op on BigQuery.
+    """
+    if invocation.adapter is None or invocation.adapter.type() != "duckdb":
+        return
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    invocation.adapter.cleanup_connections()
+    with DuckDBConnectionManager._LOCK:
+        if DuckDBConnectionManager._ENV is not None:
+            DuckDBConnectionManager._ENV.close()
+        DuckDBConnectionManager.close_all_connections()
 
 
 def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:

@@ -13,13 +13,13 @@ def load(name: str) -> dict:
 
 
 def test_sources_list_the_columns_of_schema_py():
-    [source] = load("sources.yml")["sources"]
+    [source] = load("staging/sources.yml")["sources"]
     columns = {t["name"]: [c["name"] for c in t["columns"]] for t in source["tables"]}
     assert columns == {STREAM_TABLE: [c.name for c in STREAM_COLUMNS], BULK_TABLE: [c.name for c in BULK_COLUMNS]}
 
 
 def test_core_has_the_bulk_columns_plus_the_event_it_holds():
-    models = {m["name"]: m for m in load("models.yml")["models"]}
+    models = {m["name"]: m for m in load("core/company_house_core.yml")["models"]}
     core = [c["name"] for c in models["company_house_core"]["columns"]]
     assert core == [c.name for c in BULK_COLUMNS] + [
         "last_published_at", "last_kafka_offset", "last_kafka_partition", "last_timepoint", "last_order_time"
