@@ -7,7 +7,6 @@ Commands live beside the code they drive and are imported only when invoked, so
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 
 import click
@@ -16,7 +15,7 @@ import click
 _COMMANDS = {
     "broker": "ch_pipeline.cli:broker_command",
     "run": "ch_pipeline.local_stack:run_command",
-    "demo": "ch_pipeline.local_stack:demo_command",
+    "demo": "ch_pipeline.demo:demo_command",
     "replay-server": "ch_pipeline.companies_house.replay_server:replay_server_command",
     "produce": "ch_pipeline.kafka.producer:produce_command",
     "prod-local": "ch_pipeline.production_stack:prod_local_command",
@@ -57,25 +56,24 @@ def broker_command(port: int, host: str, topic: str | None, partitions: int) -> 
     Memory storage: topics and messages are gone when it stops.
     """
     from ch_pipeline.kafka.broker import BrokerError, LocalBroker
+    from ch_pipeline.processes import stop_requested
 
     broker = LocalBroker(port=port, host=host)
-    try:
-        broker.start()
-    except BrokerError as exc:
-        raise click.ClickException(str(exc)) from exc
-    stop = lambda *_: broker.stop()  # noqa: E731
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        if topic:
-            created = broker.create_topic(topic, partitions)
-            click.echo(f"topic {topic}: {'created' if created else 'exists'} ({partitions} partitions)")
-        click.echo(f"broker ready: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", err=False)
-        sys.stdout.flush()
-        while broker.running:
-            signal.pause()  # woken by SIGINT/SIGTERM, whose handler stops the broker
-    finally:
-        broker.stop()
+    with stop_requested() as stop:
+        try:
+            broker.start()
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            if topic:
+                created = broker.create_topic(topic, partitions)
+                click.echo(f"topic {topic}: {'created' if created else 'exists'} ({partitions} partitions)")
+            click.echo(f"broker ready: KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", err=False)
+            sys.stdout.flush()
+            while broker.running and not stop.wait(0.5):
+                pass  # until SIGINT/SIGTERM, or the broker exits by itself
+        finally:
+            broker.stop()
     click.echo("broker stopped")
 
 

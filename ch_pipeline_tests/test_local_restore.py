@@ -21,7 +21,7 @@ from ch_pipeline.kafka.checkpoint import read_checkpoint, write_checkpoint
 from ch_pipeline.local_restore import RestoreRefused, reset_instance, restore_topic
 from ch_pipeline.local_stack import prepare_dagster_home
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
-from ch_pipeline_tests.kafka.test_producer import read_topic
+from ch_pipeline_tests.support.kafka import read_topic
 from ch_pipeline_tests.reliability.harness import Pipeline
 
 EVENTS, SEED, PARTITIONS = 120, 9, 2

@@ -29,7 +29,8 @@ from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import probe_offsets
-from ch_pipeline.local_stack import LOCAL_SEED, compare_core
+from ch_pipeline.demo_verdict import compare_core
+from ch_pipeline.local_stack import LOCAL_SEED
 
 EVENTS, RATE = 1500, 60.0
 CONVERGE_SECONDS = 240  # measured ~60-90 s after the restart on 2 cores; generous for a loaded CI machine

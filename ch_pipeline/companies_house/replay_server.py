@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import bisect
 import logging
-import signal
 import socket
 import threading
 import time
@@ -256,6 +255,8 @@ def _split_point(data: bytes) -> int:
 def replay_server_command(port, host, events, rate, seed, first_timepoint, retain, heartbeat, api_key,
                           drop_after, max_drops, split_lines, fail_status, fail_requests, events_file) -> None:  # fmt: skip
     """Serve generated company events over the Companies House streaming protocol (foreground)."""
+    from ch_pipeline.processes import stop_requested
+
     if events_file:
         write_events(events_file, generate_events(events, seed, first_timepoint))
         click.echo(f"wrote {events} events (+ duplicates) to {events_file}")
@@ -271,13 +272,11 @@ def replay_server_command(port, host, events, rate, seed, first_timepoint, retai
         server.start()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc}): pass --port with a free port") from exc
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     click.echo(f"replay server ready: CH_STREAM_URL={server.url} ({len(server.lines)} lines, seed {seed})")
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        server.stop()
+    with stop_requested() as stop:
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            server.stop()
         click.echo("replay server stopped")

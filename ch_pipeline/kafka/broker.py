@@ -25,6 +25,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from ch_pipeline.processes import Child, StartedInWith
+
 
 class BrokerError(RuntimeError):
     """The local broker could not be started or did not become ready."""
@@ -96,7 +98,7 @@ def tansu_binary(resolve: Callable[[], str] | None = None) -> str:
 
 
 @dataclass
-class LocalBroker:
+class LocalBroker(StartedInWith):
     """A tansu broker child process on a loopback port; use as a context manager.
 
     ``with LocalBroker() as broker: broker.create_topic("t", 2)`` guarantees the process is gone
@@ -109,7 +111,11 @@ class LocalBroker:
     env: Mapping[str, str] | None = None
     log_path: Path | None = None
     startup_timeout: float = 20.0
-    _process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _child: Child | None = field(default=None, init=False, repr=False)
+
+    @property
+    def _process(self) -> subprocess.Popen | None:
+        return self._child.process if self._child else None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -124,20 +130,13 @@ class LocalBroker:
                 f"port {self.port} is already in use: stop what holds it or pass --port with a free port"
             )
         url = f"tcp://{self.host}:{self.port}"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         cmd = [
             binary, "broker",
             "--listener-url", url,
             "--advertised-listener-url", url,
             "--storage-engine", self.storage_engine,
         ]  # fmt: skip
-        self._process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(self.env or {})},
-        )
+        self._child = Child("broker", cmd, {**os.environ, **(self.env or {})}, log=self.log_path).start()
         try:
             self._wait_ready()
         except BaseException:
@@ -187,21 +186,11 @@ class LocalBroker:
         return self._process.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> "LocalBroker":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (a graceful stop waits for connected clients to leave)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.grace = timeout
+            child.stop()
 
 
 def create_topic(

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -279,6 +278,7 @@ def produce_command(max_events: int | None, restart_from_now_if_expired: bool, l
 
     SIGTERM / Ctrl-C: stop reading, flush, checkpoint, exit 0.
     """
+    from ch_pipeline.processes import stop_requested
     from ch_pipeline.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -292,14 +292,12 @@ def produce_command(max_events: int | None, restart_from_now_if_expired: bool, l
     stream = CompaniesHouseStream(
         settings.stream_url, settings.stream_api_key, checkpoint, restart_from_now_if_expired=restart_from_now_if_expired
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     producer = StreamProducer(stream, kafka_config, settings.kafka_topic, settings.checkpoint_path, max_events, log_interval)
-    try:
-        result = producer.run(stop)
-    except (StreamError, ProducerError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    with stop_requested() as stop:
+        try:
+            result = producer.run(stop)
+        except (StreamError, ProducerError) as exc:
+            raise click.ClickException(str(exc)) from exc
     done = f"delivered {result.delivered} events to {settings.kafka_topic}; checkpoint at timepoint {result.checkpoint}"
     dead = f"; {result.dead_lettered} refused by Kafka, in {producer.dead_letter_path}" if result.dead_lettered else ""
     click.echo(done + dead)

@@ -17,7 +17,7 @@ from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, st
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.kafka.offsets import parse_partition_key
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_TABLE, duckdb_ddl
-from ch_pipeline_tests.kafka.test_offsets import assert_contiguous
+from ch_pipeline_tests.support.kafka import assert_contiguous
 from ch_pipeline_tests.warehouse.messages import corpus, produce, produce_filler
 
 

@@ -17,6 +17,7 @@ from ch_pipeline.kafka.offsets import (
     probe_offsets,
 )
 from ch_pipeline.kafka.reader import RangeNotAvailable, read_ranges
+from ch_pipeline_tests.support.kafka import assert_contiguous
 from ch_pipeline_tests.warehouse.messages import produce_filler
 
 
@@ -50,16 +51,6 @@ def test_cut_batches_respects_cursor_and_new_partitions():
     batches = cut_batches({0: 40, 1: 10}, {0: 50, 1: 10, 2: 3}, 7)
     assert [[str(r) for r in batch] for batch in batches] == [["p0:40-46"], ["p0:47-49", "p2:0-2"]]
     assert cut_batches({0: 5}, {0: 5}, 100) == []
-
-
-def assert_contiguous(batches, starts, ends):
-    """Every offset from start to end of each partition is in exactly one batch, in order."""
-    position = dict(starts)
-    for batch in batches:
-        for r in batch:
-            assert r.first == position[r.partition], f"gap or overlap at {r}"
-            position[r.partition] = r.next_offset
-    assert position == {p: ends[p] for p in position}
 
 
 def test_probe_finds_the_true_end_although_the_broker_reports_another(broker, topic_name):

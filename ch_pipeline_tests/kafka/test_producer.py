@@ -9,50 +9,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from ch_pipeline.companies_house.events import company_number_of
 from ch_pipeline.companies_house.replay_server import ReplayServer
-from ch_pipeline.companies_house.stream_client import Backoff, CompaniesHouseStream
 from ch_pipeline.kafka.checkpoint import CheckpointError, DeliveryTracker, read_checkpoint, write_checkpoint
 from ch_pipeline.kafka.producer import ProducerError, StreamProducer
-
-PARTITIONS = 3
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout: float = 30) -> list:
-    """Every message of ``topic``, read by assign from offset 0 until each partition reports its end.
-
-    The end-of-partition event, not get_watermark_offsets (wrong on the local broker, docs/architecture.md §9).
-    """
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False, "enable.partition.eof": True}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    messages, at_end = [], set()
-    deadline = time.monotonic() + timeout
-    try:
-        while len(at_end) < partitions and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
-                if message.error() is None:
-                    messages.append(message)
-                    at_end.discard(message.partition())
-                elif message.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(message.partition())
-                else:
-                    raise AssertionError(message.error())
-    finally:
-        consumer.close()
-    assert len(at_end) == partitions, "did not reach the end of every partition"
-    return messages
-
-
-def timepoint_header(message) -> int:
-    return int(dict(message.headers())["timepoint"])
-
-
-def fast_stream(url: str, timepoint: int | None = None) -> CompaniesHouseStream:
-    return CompaniesHouseStream(url, timepoint=timepoint, backoff=Backoff(initial=0.01, cap=0.05), read_timeout=5)
+from ch_pipeline_tests.support.kafka import PARTITIONS, read_topic, timepoint_header
+from ch_pipeline_tests.support.stream import fast_stream
 
 
 def run_until_checkpoint(producer: StreamProducer, timepoint: int, timeout: float = 60):

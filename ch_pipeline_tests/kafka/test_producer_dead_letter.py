@@ -23,7 +23,8 @@ from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.kafka import producer as producer_module
 from ch_pipeline.kafka.checkpoint import DeliveryTracker, read_checkpoint
 from ch_pipeline.kafka.producer import TIMEPOINT_HEADER, ProducerError, StreamProducer
-from ch_pipeline_tests.kafka.test_producer import PARTITIONS, fast_stream, read_topic, timepoint_header
+from ch_pipeline_tests.support.kafka import PARTITIONS, read_topic, timepoint_header
+from ch_pipeline_tests.support.stream import fast_stream
 
 OVER_MESSAGE_MAX_BYTES = 1_100_000  # librdkafka's message.max.bytes default is 1,000,000
 

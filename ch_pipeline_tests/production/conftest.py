@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ch_pipeline.production_stack import REPO_ROOT, PostgresCluster, ProductionStack, postgres_bin_dir, read_env_file
+from ch_pipeline.compose_project import REPO_ROOT, read_env_file
+from ch_pipeline.postgres_cluster import PostgresCluster, postgres_bin_dir
+from ch_pipeline.production_stack import ProductionStack
 
 # The stream: 600 distinct events at 60/s, so the Kafka sensor (every 2 s) cuts a few landing runs,
 # and the whole test stays within ~4 minutes on 2 busy cores (each run is a process of ~5-20 s here).

@@ -30,7 +30,7 @@ from dagster._core.storage.tags import PARENT_RUN_ID_TAG, SENSOR_NAME_TAG
 
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
-from ch_pipeline.local_stack import compare_core
+from ch_pipeline.demo_verdict import compare_core
 from ch_pipeline.production_stack import SERVICES
 
 pytestmark = pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ run of ``company_house_stream``), ``dbt`` (a real run of ``ch_dbt_models``). A f
 between or inside these steps, usually by SIGKILLing a child process (``faulty_producer.py``,
 ``faulty_landing.py``, a ``dbt`` process), and then ``catch_up`` does what the running pipeline
 would do next and measures the result against the ground truth computed in Python from the
-served events (``ch_pipeline.local_stack.expected_core``: the bulk rows, then each company's newest
+served events (``ch_pipeline.demo_verdict.expected_core``: the bulk rows, then each company's newest
 event) and against Kafka itself (every offset landed exactly once).
 
 What recovery assumes (the same as production): the producer is restarted (it resumes from its
@@ -35,10 +35,10 @@ from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, stream_partitions
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.producer import StreamProducer
-from ch_pipeline.local_stack import COMPARED_COLUMNS, _normalise, expected_core
+from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
 from ch_pipeline.warehouse.schema import REJECTS_TABLE, STREAM_TABLE
-from ch_pipeline_tests.kafka.test_producer import read_topic
-from ch_pipeline_tests.kafka.test_producer_cli import producer_env
+from ch_pipeline_tests.support.kafka import read_topic
+from ch_pipeline_tests.support.producer import producer_env
 
 HERE = Path(__file__).resolve().parent
 TOPIC_PARTITIONS = 2
@@ -266,7 +266,7 @@ class Pipeline:
         return outcome
 
     def measure(self, fault_point: str) -> Outcome:
-        # The ground truth is local_stack's (bulk baseline + each company's newest served event);
+        # The ground truth is demo_verdict's (bulk baseline + each company's newest served event);
         # its compare_core is not reused because it calls Relation.fetchone(), gone in DuckDB 2.0.
         with duckdb.connect(str(self.db), read_only=True) as con:
             bulk = _rows_by_number(con, "company_house_bulk")
@@ -279,7 +279,7 @@ class Pipeline:
                 f"select count(*) from (select kafka_partition, kafka_offset from {STREAM_TABLE} group by all having count(*) > 1)"
             ).fetchone()[0]
         expected = expected_core(bulk, self.served)
-        differing = [n for n in expected.keys() | core.keys() if n not in core or n not in expected or _normalise(core[n]) != _normalise(expected[n])]
+        differing = [n for n in expected.keys() | core.keys() if n not in core or n not in expected or normalise(core[n]) != normalise(expected[n])]
         return Outcome(
             fault_point=fault_point,
             events_served=len(self.server.lines),

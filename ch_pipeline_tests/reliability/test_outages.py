@@ -19,8 +19,8 @@ import pytest
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.warehouse import duckdb_warehouse
-from ch_pipeline_tests.kafka.test_producer import read_topic, timepoint_header
-from ch_pipeline_tests.kafka.test_producer_cli import start_producer, wait_for_checkpoint
+from ch_pipeline_tests.support.kafka import read_topic, timepoint_header
+from ch_pipeline_tests.support.producer import start_producer, wait_for_checkpoint
 from ch_pipeline_tests.reliability.harness import HISTORY_EVENTS, TOPIC_PARTITIONS, KafkaDidNotAnswer, Pipeline, assert_exact
 from ch_pipeline_tests.reliability.s3_emulator import persistent_broker, s3_emulator
 

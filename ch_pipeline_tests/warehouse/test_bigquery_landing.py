@@ -23,7 +23,7 @@ from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, STREAM_
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.warehouse.messages import corpus
-from ch_pipeline_tests.warehouse.test_stream_rows import FakeMessage
+from ch_pipeline_tests.support.kafka import FakeMessage
 
 RANGES = [OffsetRange(0, 10, 19), OffsetRange(1, 0, 4)]
 

@@ -14,7 +14,7 @@ from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_TABLE, duckdb_ddl
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 from ch_pipeline_tests.warehouse.messages import company_event
-from ch_pipeline_tests.warehouse.test_stream_rows import FakeMessage
+from ch_pipeline_tests.support.kafka import FakeMessage
 
 
 def batch_of(ranges: list[OffsetRange], bad_every: int = 10, name_suffix: str = "") -> LandingBatch:

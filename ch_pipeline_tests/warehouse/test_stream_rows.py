@@ -11,6 +11,7 @@ import pytest
 
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
+from ch_pipeline_tests.support.kafka import FakeMessage
 from ch_pipeline_tests.warehouse.messages import MALFORMED_VALUES, company_event, flat_record
 
 INGESTED = datetime(2024, 6, 1, tzinfo=timezone.utc)
@@ -114,28 +115,6 @@ def test_malformed_messages_are_rejected_with_the_reason(value, reason):
 def test_every_malformed_fixture_is_rejected():
     for value in MALFORMED_VALUES:
         assert reject_reason(value)
-
-
-class FakeMessage:
-    """The five accessors of confluent_kafka.Message that the builder reads (Message has no public constructor)."""
-
-    def __init__(self, partition, offset, value, key=None, timestamp=(1, 1714554000000)):
-        self._args = partition, offset, value, key, timestamp
-
-    def partition(self):
-        return self._args[0]
-
-    def offset(self):
-        return self._args[1]
-
-    def value(self):
-        return self._args[2]
-
-    def key(self):
-        return self._args[3]
-
-    def timestamp(self):
-        return self._args[4]
 
 
 def test_builder_makes_arrow_tables_in_the_schema_of_record():
