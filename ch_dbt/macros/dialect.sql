@@ -19,12 +19,6 @@
 {% macro default__truncate_to_second(timestamp_expression) %}date_trunc('second', {{ timestamp_expression }}){% endmacro %}
 {% macro bigquery__truncate_to_second(timestamp_expression) %}timestamp_trunc({{ timestamp_expression }}, second){% endmacro %}
 
-{#- A time zone aware timestamp type (dbt.type_timestamp() is DuckDB's naive TIMESTAMP). The contract of
-    company_house_core names the same types (schema yml cannot call macros). -#}
-{% macro type_timestamp_tz() %}{{ return(adapter.dispatch('type_timestamp_tz', 'ch_dbt')()) }}{% endmacro %}
-{% macro default__type_timestamp_tz() %}timestamptz{% endmacro %}
-{% macro bigquery__type_timestamp_tz() %}timestamp{% endmacro %}
-
 {#- Every column of a query but some: `select {{ star_except(['a']) }} from (...)`. -#}
 {% macro star_except(columns) %}{{ return(adapter.dispatch('star_except', 'ch_dbt')(columns)) }}{% endmacro %}
 {% macro default__star_except(columns) %}* exclude ({{ columns | join(', ') }}){% endmacro %}

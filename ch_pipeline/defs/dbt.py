@@ -170,7 +170,8 @@ class ChDbtTranslator(DagsterDbtTranslator):
 
 # The dbt unit tests (ch_dbt/models/core/*unit_tests.yml) check the SQL, not the data: they run in the
 # test suite (ch_pipeline_tests/dbt/test_dbt_unit_tests.py), never in the pipeline's builds, where they
-# would delay every event on its way to the core. Row counts and column types cost one query per model
+# would delay every event on its way to the core (they are also disabled unless CH_DBT_UNIT_TESTS=true,
+# ch_dbt/dbt_project.yml). Row counts and column types cost one query per model
 # after it is built (on DuckDB after dbt exits, once its write lock is released; dagster-dbt waits for it).
 DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
 

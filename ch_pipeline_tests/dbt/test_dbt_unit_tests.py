@@ -1,12 +1,12 @@
 """The dbt unit tests of the core's merge rules run here, and only here: never in the pipeline's builds.
 
-`dbt test --select test_type:unit` (ch_dbt/models/core/company_house_core_unit_tests.yml: an older event
+`CH_DBT_UNIT_TESTS=true dbt test --select test_type:unit` (ch_dbt/models/core/company_house_core_unit_tests.yml: an older event
 never overwrites a newer one, a deletion wins, a restore after a deletion, the first build's event
 order) against a real DuckDB warehouse: dbt reads the column types of a unit test's inputs from their
 tables, so the module first builds them with the Dagster dbt assets, twice (the first build, then an
 incremental one over a landed batch, both under the core's contract). Those builds are the other half
-of the proof: their dbt results hold the models and data tests, and no unit test, although the project
-has them. Their materializations carry row counts and column types.
+of the proof: their dbt results hold the models and data tests, and no unit test, although their
+manifest has them. Their materializations carry row counts and column types.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory, bulk_csv: Path):
         db = configure_environment(env, root)
         # The Dagster builds write their dbt artifacts here (settings.dbt_build_target_path).
         env.setenv("DBT_TARGET_PATH", str(root / "target"))
+        # The unit tests are disabled unless asked for (ch_dbt/dbt_project.yml); asked for here, also
+        # in the Dagster builds, so that those builds leave them out by their own exclusion.
+        env.setenv("CH_DBT_UNIT_TESTS", "true")
         create_stream_table(db)
         instance = dg.DagsterInstance.ephemeral()
         load_bulk(db, bulk_csv, instance)
