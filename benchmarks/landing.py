@@ -24,7 +24,7 @@ import pandas as pd
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import company_house_stream
+from ch_pipeline.defs.stream import company_house_stream, landing_run_config
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, probe_offsets
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
@@ -113,7 +113,7 @@ def land_through_dagster(instance: dg.DagsterInstance, bootstrap: str, key: str,
     """One in-process run of the asset (run start, resources, step, events), the instance made beforehand."""
     result = dg.materialize(
         [company_house_stream],
-        partition_key=key,
+        run_config=landing_run_config(key),
         instance=instance,
         resources={
             "kafka": KafkaResource(bootstrap_servers=bootstrap, topic=TOPIC),
@@ -132,7 +132,6 @@ def run(messages: int = 200_000) -> list[dict]:
         ours, ours_s = timed(land_ours, broker.bootstrap_servers, key)
         tutorial, tutorial_s = timed(land_tutorial, broker.bootstrap_servers, ends)
         with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions("company_house_stream_ranges", [key])
             dagster_run, dagster_s = timed(land_through_dagster, instance, broker.bootstrap_servers, key)
     assert ours == tutorial == dagster_run == messages, (ours, tutorial, dagster_run)
     ours_rate, tutorial_rate, run_rate = ours / ours_s, tutorial / tutorial_s, dagster_run / dagster_s

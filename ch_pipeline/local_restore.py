@@ -176,7 +176,7 @@ def reset_instance(dagster_home: Path, ends: Mapping[int, int]) -> list[str]:
     from dagster._core.scheduler.instigation import InstigatorType
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
-    from ch_pipeline.defs.stream import read_cursor, stream_partitions, write_cursor
+    from ch_pipeline.defs.stream import OFFSETS_TAG, read_cursor, write_cursor
     from ch_pipeline.kafka.offsets import parse_partition_key
 
     changes = []
@@ -187,19 +187,17 @@ def reset_instance(dagster_home: Path, ends: Mapping[int, int]) -> list[str]:
                 if cursor != dict(ends):
                     instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=write_cursor(dict(ends)))))
                     changes.append(f"Kafka sensor cursor {write_cursor(cursor)} -> {write_cursor(dict(ends))}")
-        landed = instance.get_materialized_partitions(dg.AssetKey("company_house_stream"))
-        dropped = set()
-        for key in instance.get_dynamic_partitions(stream_partitions.name):
-            if key not in landed and any(r.last >= ends.get(r.partition, 0) for r in parse_partition_key(key)):
-                instance.delete_dynamic_partition(stream_partitions.name, key)
-                dropped.add(key)
-        if dropped:
-            changes.append(f"dropped {len(dropped)} stream partitions that never landed")
         in_flight = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+        dropped = 0
         for run in instance.get_runs(filters=RunsFilter(statuses=[*in_flight, DagsterRunStatus.QUEUED])):
-            if run.tags.get("dagster/partition") in dropped:
-                instance.report_run_canceled(run, message="its stream partition never landed and was dropped on restart")
+            offsets = run.tags.get(OFFSETS_TAG)
+            # A landing of offsets the restored log does not hold (they were never landed, so were not restored).
+            if offsets and any(r.last >= ends.get(r.partition, 0) for r in parse_partition_key(offsets)):
+                instance.report_run_canceled(run, message="its offsets never landed and are not in the restored topic")
+                dropped += 1
             elif run.status in in_flight:
                 instance.report_run_failed(run, message="the ch-pipeline run that ran it stopped; run retries re-run it")
                 changes.append(f"run {run.run_id[:8]} ({run.job_name}) was in flight: failed, to be retried")
+        if dropped:
+            changes.append(f"canceled {dropped} landings of offsets that never landed")
     return changes

@@ -174,6 +174,16 @@ def sensor_interval_seconds(default: int) -> int:
     return int(value)
 
 
+def history_retention_days(default: int) -> int:
+    """``CH_HISTORY_RETENTION_DAYS``: how many days of runs the Dagster instance keeps (at least 1)."""
+    value = _env("CH_HISTORY_RETENTION_DAYS")
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"CH_HISTORY_RETENTION_DAYS must be a whole number of days >= 1, got {value!r}")
+    return int(value)
+
+
 def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     """Dagster resource value: ``EnvVar(name)`` when the variable is set, else the local default.
 

@@ -99,7 +99,7 @@ def test_reset_instance_points_the_sensor_at_the_restored_log_and_fails_runs_lef
     from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
     from dagster._core.storage.dagster_run import DagsterRunStatus
 
-    from ch_pipeline.defs.stream import stream_partitions
+    from ch_pipeline.defs.stream import OFFSETS_TAG
 
     home = prepare_dagster_home(tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -109,10 +109,9 @@ def test_reset_instance_points_the_sensor_at_the_restored_log_and_fails_runs_lef
         )
         instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
                                                       SensorInstigatorData(cursor='{"0": 90, "1": 80}')))  # fmt: skip
-        instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-49", "p0:50-89,p1:0-79"])
-        instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", partition="p0:0-49"))
+        instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": "p0:0-49"}))
         landing = instance.create_run_for_job(dg.define_asset_job("j").resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec("x")]).resolve_asset_graph()),
-                                              tags={"dagster/partition": "p0:50-89,p1:0-79"}, status=DagsterRunStatus.STARTED)  # fmt: skip
+                                              tags={OFFSETS_TAG: "p0:50-89,p1:0-79"}, status=DagsterRunStatus.STARTED)  # fmt: skip
         dbt = instance.create_run_for_job(dg.define_asset_job("k").resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec("y")]).resolve_asset_graph()),
                                           status=DagsterRunStatus.STARTED)  # fmt: skip
 
@@ -121,7 +120,6 @@ def test_reset_instance_points_the_sensor_at_the_restored_log_and_fails_runs_lef
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (state,) = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         assert state.instigator_data.cursor == '{"0": 50, "1": 0}'
-        assert instance.get_dynamic_partitions(stream_partitions.name) == ["p0:0-49"]
         assert instance.get_run_by_id(landing.run_id).status == DagsterRunStatus.CANCELED
         assert instance.get_run_by_id(dbt.run_id).status == DagsterRunStatus.FAILURE  # run retries re-run it
     assert any("cursor" in change for change in changes)

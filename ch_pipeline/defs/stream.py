@@ -1,11 +1,19 @@
-"""The Kafka sensor and the partitioned ``company_house_stream`` asset (DESIGN §5).
+"""The Kafka sensor and the ``company_house_stream`` asset (docs/architecture.md §5).
 
-Exactly once, end to end: a stream partition is an immutable set of Kafka offset ranges named by
-its key. The sensor cuts new ranges, registers them as dynamic partitions and requests one run
-each, and only in the same ``SensorResult`` advances its cursor: a tick that dies before the
-cursor is saved cuts the same keys again next time (same ``run_key``, so Dagster skips runs it
-already launched, and landing is idempotent anyway). Nothing is ever committed to Kafka: a run
-reads its ranges by explicit offsets and replaces exactly those offsets in the warehouse.
+Exactly once, end to end: a landing is an immutable set of Kafka offset ranges named by its key
+(``p0:1200-1349,p1:800-899``). The sensor cuts new ranges and requests one run each, the key as
+both its ``run_key`` and its run config, and only in the same ``SensorResult`` advances its
+cursor: a tick that dies before the cursor is saved cuts the same keys again next time (same
+``run_key``, so Dagster skips runs it already launched, and landing is idempotent anyway).
+Nothing is ever committed to Kafka: a run reads its ranges by explicit offsets and replaces
+exactly those offsets in the warehouse.
+
+Why the asset is not partitioned by offset range: every landing would add a dynamic partition,
+about a million a year, and Dagster's cost for a partitioned asset (status cache, automation tick,
+UI pages) grows with its partition count; a landing carried by its run stays the same cost for
+ever (docs/architecture.md §14, benchmarks/instance_scale.py). What a partition gave is kept: the
+key names the exact ranges, re-executing a run lands exactly its ranges again, and the warehouse
+rows record which landing wrote them and when.
 """
 
 
@@ -30,33 +38,46 @@ from ch_pipeline.warehouse.landing import LandingBatch, read_stream_partition
 from ch_pipeline.warehouse.schema import STREAM_COLUMNS
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
-# A run costs ~5 s and 2-3 CPU-seconds here (DESIGN §11): poll every 30 s and batch per tick.
+# A run costs ~5 s and 2-3 CPU-seconds here (docs/architecture.md §11): poll every 30 s and batch per tick.
 DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
 LANDING_MAX_RUNTIME_SECONDS = 600
 # A broker that does not answer within this skips the tick (the daemon retries at the next one).
 PROBE_TIMEOUT_SECONDS = 5.0
 
-stream_partitions = dg.DynamicPartitionsDefinition(name="company_house_stream_ranges")
+# The run tag naming a landing's offset ranges: filter the Runs page by it to find who landed an offset.
+OFFSETS_TAG = "ch/offsets"
+
+
+class StreamLanding(dg.Config):
+    """The offset ranges one run lands, e.g. ``p0:1200-1349,p1:800-899`` (set by the sensor; to land
+    a range again, re-execute its run, or launch the job with the ranges from the warehouse's
+    ``stream_partition`` column)."""
+
+    offsets: str
+
+
+def landing_run_config(offsets: str) -> dg.RunConfig:
+    return dg.RunConfig(ops={"company_house_stream": StreamLanding(offsets=offsets)})
 
 
 @dg.asset(
     name="company_house_stream",
-    partitions_def=stream_partitions,
     deps=[company_house_topic],
-    pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
+    pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
     group_name=ASSET_GROUP,
     kinds={"kafka", "python"},
     description="Every Kafka message of the topic as a typed row, landed exactly once per offset. "
-    "A partition is the offset range its key names (p0:1200-1349,p1:800-899); re-materializing it "
-    "replaces its rows. Unparseable messages go to company_house_stream_rejects.",
+    "Each run lands the offset ranges its config names (p0:1200-1349,p1:800-899, also its run key and "
+    "its ch/offsets tag); re-executing a run replaces exactly its rows. Unparseable messages go to "
+    "company_house_stream_rejects.",
     metadata=column_schema(STREAM_COLUMNS),
 )
 def company_house_stream(
-    context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, config: StreamLanding, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     # Read and parse everything before touching the warehouse, so the DuckDB file is held only
     # for the landing transaction itself.
-    batch = read_stream_partition(kafka.client_config(), kafka.topic, context.partition_key)
+    batch = read_stream_partition(kafka.client_config(), kafka.topic, config.offsets)
     warehouse.warehouse().land(batch)
     if batch.rejects.num_rows:
         context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in company_house_stream_rejects")
@@ -64,22 +85,27 @@ def company_house_stream(
 
 
 # The landing runs are small and frequent: one process per run instead of another per step saves
-# ~2 s and a CPU-second of each (DESIGN §11).
+# ~2 s and a CPU-second of each (docs/architecture.md §11).
 company_house_stream_job = dg.define_asset_job(
     "company_house_stream_job",
     selection=[company_house_stream],
     executor_def=dg.in_process_executor,
     # A landing takes seconds (plus at most one other run's turn in the duckdb pool): a run still
     # STARTED after this is one whose worker died unseen (with its code server), and run monitoring
-    # fails it so that run retries land the partition again.
+    # fails it so that run retries land its offsets again.
     tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS)},
 )
+
+
+def landing_request(offsets: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=offsets, run_config=landing_run_config(offsets), tags={OFFSETS_TAG: offsets})
 
 
 def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
     published = batch.rows.column("published_at")
     metadata: dict[str, dg.MetadataValue] = {
         "dagster/row_count": dg.MetadataValue.int(batch.rows.num_rows),
+        "landing": dg.MetadataValue.text(batch.stream_partition),
         "rows": dg.MetadataValue.int(batch.rows.num_rows),
         "rejects": dg.MetadataValue.int(batch.rejects.num_rows),
         "offsets": dg.MetadataValue.json({f"p{r.partition}": [r.first, r.last] for r in batch.ranges}),
@@ -114,14 +140,14 @@ def build_kafka_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
 ) -> dg.SensorDefinition:
-    """The sensor that turns new Kafka offsets into stream partitions and runs."""
+    """The sensor that turns new Kafka offsets into landing runs."""
 
     @dg.sensor(
         name=name,
         job=company_house_stream_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description=f"Polls the Kafka topic; cuts new offsets into partitions of at most {max_batch_messages} messages.",
+        description=f"Polls the Kafka topic; cuts new offsets into landings of at most {max_batch_messages} messages.",
     )
     def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
         cursor = read_cursor(context.cursor)
@@ -149,10 +175,8 @@ def build_kafka_sensor(
                 skip_reason=f"no new messages in {kafka.topic} (next offsets {write_cursor(starts)})",
                 cursor=write_cursor({**cursor, **starts}),
             )
-        keys = [format_partition_key(batch) for batch in batches]
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=key, partition_key=key) for key in keys],
-            dynamic_partitions_requests=[stream_partitions.build_add_request(keys)],
+            run_requests=[landing_request(format_partition_key(batch)) for batch in batches],
             cursor=write_cursor({**cursor, **starts, **next_offsets(batches)}),
         )
 

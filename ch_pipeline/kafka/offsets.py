@@ -1,6 +1,6 @@
-"""Kafka offset ranges: the stream partition key, batch cutting and end-offset probing.
+"""Kafka offset ranges: the landing key, batch cutting and end-offset probing.
 
-A stream partition (Dagster dynamic partition of ``company_house_stream``) is an immutable set of
+A landing (one run of ``company_house_stream``; the key is its run key) is an immutable set of
 inclusive offset ranges, one per Kafka partition, named by its key ``p0:1200-1349,p1:800-899``.
 This module holds the one formatter and the one parser of that key.
 """

@@ -79,17 +79,15 @@ def produce(bootstrap_servers: str, topic: str, messages: Sequence[tuple[int, by
 def tick_and_land(
     instance: dg.DagsterInstance, kafka: KafkaResource, warehouse: WarehouseResource, cursor: str
 ) -> tuple[str, list[dict]]:
-    """One sensor tick (its dynamic partitions added as the daemon would), then each requested run."""
+    """One sensor tick, then each requested run."""
     sensor = build_kafka_sensor()
     result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka}))
     assert isinstance(result, dg.SensorResult) and result.run_requests, result
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     metadata = []
     for request in result.run_requests:
         run = dg.materialize(
             [company_house_stream],
-            partition_key=request.partition_key,
+            run_config=request.run_config,
             instance=instance,
             resources={"kafka": kafka, "warehouse": warehouse},
         )

@@ -39,7 +39,7 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, PARENT_RUN_ID_TAG,
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.companies_house.replay_server import ReplayServer
-from ch_pipeline.defs.stream import company_house_stream_job, stream_partitions
+from ch_pipeline.defs.stream import OFFSETS_TAG, company_house_stream_job
 from ch_pipeline.kafka.broker import LocalBroker, free_port
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
@@ -567,10 +567,11 @@ class DaemonStack:
 
     # --- assets ------------------------------------------------------------------------------
 
-    def missing_stream_partitions(self) -> list[str]:
-        keys = self.instance.get_dynamic_partitions(stream_partitions.name)
-        materialized = self.instance.get_materialized_partitions(STREAM)
-        return [key for key in keys if key not in materialized]
+    def missing_landings(self) -> list[str]:
+        """Offsets keys the sensor requested a landing for that no run landed (retries keep the key's tag)."""
+        runs = self.runs()
+        landed = {run.tags.get(OFFSETS_TAG) for run in runs if run.status == DagsterRunStatus.SUCCESS}
+        return sorted({key for run in runs if (key := run.tags.get(OFFSETS_TAG)) and key not in landed})
 
     def last_materialization(self, key: dg.AssetKey):
         return self.instance.get_latest_materialization_event(key)
@@ -621,8 +622,8 @@ class DaemonStack:
             return False, f"{len(runs)} runs in flight ({', '.join(sorted({r.status.value for r in runs}))})"
         if retries := self.pending_retries():
             return False, f"{len(retries)} failed runs awaiting their retry"
-        if missing := self.missing_stream_partitions():
-            return False, f"{len(missing)} stream partitions not landed: {missing[:3]}"
+        if missing := self.missing_landings():
+            return False, f"{len(missing)} requested landings not landed: {missing[:3]}"
         if not self.build_after_last_input():
             return False, "no dbt build since the last landing"
         try:
@@ -710,7 +711,7 @@ class DaemonStack:
         lines = ["--- runs:"]
         for run in sorted(self.runs(), key=lambda r: r.run_id):
             lines.append(f"  {run.run_id[:8]} {run_kind(run):8} {run.status.value:10} parent={run.tags.get(PARENT_RUN_ID_TAG, '')[:8]} "
-                         f"partition={run.tags.get('dagster/partition', '')}")  # fmt: skip
+                         f"offsets={run.tags.get(OFFSETS_TAG, '')}")  # fmt: skip
         lines.append(f"--- pool claims: {self.pool_claims()}")
         lines.append(f"--- sensor cursor: {self.sensor_cursor()}; producer checkpoint {self.producer_checkpoint()}")
         lines.append(f"--- faults: {[(round(t - self.started_at, 1), d) for t, d in self.faults]}")

@@ -23,6 +23,7 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG
 
+from ch_pipeline.defs.stream import OFFSETS_TAG
 from ch_pipeline_tests.daemon import faults
 from ch_pipeline_tests.daemon.conftest import ScenarioOutcome
 from ch_pipeline_tests.daemon.stack import DaemonStack, StackConfig, run_kind
@@ -140,11 +141,11 @@ def test_run_workers_killed_mid_landing_and_mid_build(stack: DaemonStack, record
     verdict = convergence.verdict
     assert verdict.ok, verdict.summary()
 
-    # Every killed landing run was retried, and a retry landed the same partition.
+    # Every killed landing run was retried, and a retry landed the same offsets.
     for name in faults.LANDING_FAULTS:
         chain = _retry_chain(stack, killed[name]["run_id"])
         assert chain[-1].status == DagsterRunStatus.SUCCESS, f"{name}: {[(r.run_id[:8], r.status) for r in chain]}"
-        assert {r.tags["dagster/partition"] for r in chain} == {chain[0].tags["dagster/partition"]}
+        assert {r.tags[OFFSETS_TAG] for r in chain} == {chain[0].tags[OFFSETS_TAG]}
     # The dead mid-write run did not keep the duckdb pool: runs that started after it succeeded.
     died_at = killed[faults.LANDING_DURING_WRITE]["at"]
     later = [r.dagster_run for r in stack.instance.get_run_records() if r.start_time and r.start_time > died_at]
@@ -230,25 +231,21 @@ def test_dbt_build_killed_at_every_attempt_at_the_tail(stack: DaemonStack, recor
     Fixed in ``InputLandedAfterLastBuild`` (ch_pipeline/defs/dbt.py).
     """
     _start_from_converged(stack)
-    released_at = time.time()
-    stack.release(60)
     attempts = stack.instance.run_retries_max_retries + 1
     chain: list = []
-    run = stack.wait_for_run(
-        lambda r: run_kind(r) == "dbt" and r.status == DagsterRunStatus.STARTED
-        and stack.instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp() > released_at,
-        timeout=RUN_WORKERS_BOUND, what="building the last burst",
-    )  # fmt: skip
+    # Each attempt is held before dbt starts (its pool slot taken) and killed there: none of them
+    # writes anything, whatever the machine's load, so only a new build can take the burst.
+    faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))
+    stack.release(60)
     for attempt in range(attempts):
-        assert stack.kill_run_worker(run.run_id, f"dbt build attempt {attempt + 1}/{attempts} SIGKILLed"), run.run_id
-        run = stack.wait_run_status(run.run_id, FINISHED, timeout=60)
+        held = faults.wait_fired(stack.fault_dir, faults.DBT_HOLD_BUILD, timeout=RUN_WORKERS_BOUND + 60)
+        faults.clear_fired(stack.fault_dir, faults.DBT_HOLD_BUILD)
+        if attempt + 1 < attempts:
+            faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))  # for its retry
+        assert stack.kill_run_worker(held["run_id"], f"dbt build attempt {attempt + 1}/{attempts} SIGKILLed"), held
+        run = stack.wait_run_status(held["run_id"], FINISHED, timeout=60)
         assert run.status == DagsterRunStatus.FAILURE
         chain.append(run)
-        if attempt + 1 < attempts:
-            retry = stack.wait_for_run(lambda r, parent=run.run_id: r.tags.get("dagster/parent_run_id") == parent,
-                                       timeout=120, what=f"retrying {run.run_id[:8]}")  # fmt: skip
-            run = stack.wait_run_status(retry.run_id, {DagsterRunStatus.STARTED, *FINISHED}, timeout=RUN_WORKERS_BOUND)
-            assert run.status == DagsterRunStatus.STARTED, f"retry {run.run_id[:8]} ended {run.status} before it could be killed"
     last = stack.wait_run_status(chain[-1].run_id, FINISHED, timeout=10)
     deadline = time.monotonic() + 30
     while last.tags.get("dagster/will_retry") is None and time.monotonic() < deadline:
@@ -384,7 +381,7 @@ def test_code_server_killed_while_the_daemon_launches_a_run(stack: DaemonStack, 
                 for r in chain
             ]  # fmt: skip
             raise AssertionError(
-                f"the landing run of partition {launching.tags['dagster/partition']}, being launched when the code server "
+                f"the landing run of offsets {launching.tags[OFFSETS_TAG]}, being launched when the code server "
                 f"died, failed and will not be retried (dagster/will_retry={last.tags.get('dagster/will_retry')}): its "
                 f"offsets never land. Its events: {events}"
             )

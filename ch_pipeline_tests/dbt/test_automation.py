@@ -10,18 +10,16 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.definitions import defs
-from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor
-from ch_pipeline.defs.stream import company_house_stream, stream_partitions
 from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks
 
-# The sequence bulk -> first build -> one request per new stream partition, with real runs, is
+# The sequence bulk -> first build -> one request per new landing, with real runs, is
 # asserted on the history in test_dbt_history.py.
 
 
-def materialized(instance: dg.DagsterInstance, *keys: str, partition: str | None = None) -> None:
+def materialized(instance: dg.DagsterInstance, *keys: str) -> None:
     for key in keys:
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=partition))
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
 
 
 @pytest.fixture
@@ -30,27 +28,14 @@ def ticks():
         yield Ticks(instance)
 
 
-def test_models_run_while_a_newer_stream_partition_is_still_landing(ticks: Ticks):
-    """docs/architecture.md §11: eager() never fired here (the newest partition counts as missing while its run is
-    in flight); the condition used fires on the partition that did land."""
+def test_models_run_after_a_landing_while_the_next_landing_is_in_flight(ticks: Ticks):
+    """A landing materializes the stream asset; the models are requested although the next landing
+    run has not finished (the stream asset is not partitioned: docs/architecture.md §14)."""
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
-    instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-99", "p0:100-199"])
-    materialized(instance, "company_house_stream", partition="p0:0-99")  # p0:100-199 not landed yet
+    materialized(instance, "company_house_stream")
     assert ticks.requested() == DBT_MODELS
-
-    # The same instance, the same events, plain eager() on the models: nothing (docs/architecture.md §11).
-    with_eager = dg.Definitions(
-        assets=[
-            company_house_stream,
-            company_house_bulk,
-            ch_dbt_models.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=dg.AutomationCondition.eager())),
-        ],
-        resources=defs.resources,
-    )
-    result = dg.evaluate_automation_conditions(defs=with_eager, instance=instance)
-    assert {r.key.to_user_string() for r in result.results if r.true_subset.size > 0} & DBT_MODELS == set()
 
 
 def test_sensor_is_running_by_default_and_policies_are_the_tutorials_deadlines():
@@ -79,15 +64,13 @@ def test_fresh_instance_requests_bulk_and_every_model_in_one_tick(ticks: Ticks):
     """Stream data lands before the bulk table exists: nothing may run without the core (a watermark
     advanced without the core would skip that batch for ever); bulk and all models go together."""
     instance = ticks.instance
-    instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-99"])
-    materialized(instance, "company_house_stream", partition="p0:0-99")
+    materialized(instance, "company_house_stream")
     assert ticks.requested() == DBT_MODELS | {"company_house_bulk"}
 
 
 def test_a_rebuilt_core_alone_does_not_retrigger_the_models(ticks: Ticks):
     instance = ticks.instance
-    instance.add_dynamic_partitions(stream_partitions.name, ["p0:0-99"])
-    materialized(instance, "company_house_stream", partition="p0:0-99")
+    materialized(instance, "company_house_stream")
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
     materialized(instance, "company_house_core")

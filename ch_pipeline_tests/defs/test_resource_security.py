@@ -30,13 +30,14 @@ import pytest
 
 from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, stream_partitions
+from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, landing_run_config
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.settings import Settings, validate_bigquery_dataset, validate_gcp_project
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_RULE = REPO / "deploy" / "nginx-dagster-ui.conf"
 PARTITION = "p0:0-9"
+LANDING_CONFIG = {"ops": {"company_house_stream": {"config": {"offsets": PARTITION}}}}
 FAKE_KEY = "TESTKEY0000000000"
 FAKE_SECRET = "test-secret-not-real"
 KAFKA_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CONFIG_FILE", "KAFKA_TOPIC", "KAFKA_SECURITY_PROTOCOL",
@@ -91,7 +92,6 @@ def attacker() -> Iterator[Listener]:
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as test_instance:
-        test_instance.add_dynamic_partitions(stream_partitions.name, [PARTITION])
         yield test_instance
 
 
@@ -191,10 +191,9 @@ def test_a_launched_run_cannot_retarget_kafka(production_like_env: Path, attacke
     with pytest.raises(dg.DagsterInvalidConfigError, match=r"unexpected config entr"):
         dg.materialize(
             [company_house_stream],
-            partition_key=PARTITION,
             instance=instance,
             resources={"kafka": KafkaResource.from_env(), "warehouse": WarehouseResource.from_env()},
-            run_config={"resources": {"kafka": {"config": config}}},
+            run_config={**LANDING_CONFIG, "resources": {"kafka": {"config": config}}},
         )
     time.sleep(0.3)  # anything in flight would have arrived by now
     assert (attacker.connections, attacker.received) == (0, 0)
@@ -208,7 +207,7 @@ def test_the_deployed_stream_job_cannot_be_retargeted(production_like_env: Path,
     config = kafka_attacks(production_like_env, attacker)["secrets file to a fake broker in cleartext"]
     with pytest.raises(dg.DagsterInvalidConfigError, match=r"unexpected config entr"):
         defs.resolve_job_def("company_house_stream_job").execute_in_process(
-            run_config={"resources": {"kafka": {"config": config}}}, partition_key=PARTITION, instance=instance
+            run_config={**LANDING_CONFIG, "resources": {"kafka": {"config": config}}}, instance=instance
         )
     time.sleep(0.3)
     assert (attacker.connections, attacker.received) == (0, 0)
@@ -292,7 +291,7 @@ def test_a_resource_built_in_code_cannot_send_sasl_without_tls(attacker: Listene
     with pytest.raises(Exception, match="SASL_SSL"):
         sensor(dg.build_sensor_context(instance=instance, cursor=None, resources={"kafka": kafka}))
     result = dg.materialize(
-        [company_house_stream], partition_key=PARTITION, instance=instance, raise_on_error=False,
+        [company_house_stream], run_config=landing_run_config(PARTITION), instance=instance, raise_on_error=False,
         resources={"kafka": kafka, "warehouse": WarehouseResource(duckdb_path=str(Path(instance.root_directory) / "w.duckdb"))},
     )  # fmt: skip
     assert not result.success

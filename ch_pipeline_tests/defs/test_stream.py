@@ -1,7 +1,7 @@
 """The Kafka sensor and the stream asset, end to end: real broker, real DuckDB, real Dagster instance.
 
-The tests play the daemon's part: evaluate the sensor against a real instance, apply its dynamic
-partition requests, and execute its run requests with ``dg.materialize``.
+The tests play the daemon's part: evaluate the sensor against a real instance and execute its run
+requests (their run config) with ``dg.materialize``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, stream_partitions
+from ch_pipeline.defs.stream import OFFSETS_TAG, build_kafka_sensor, company_house_stream, landing_run_config
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.kafka.offsets import parse_partition_key
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_TABLE, duckdb_ddl
@@ -39,18 +39,14 @@ def instance():
 
 
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, kafka: KafkaResource, cursor: str | None):
-    """One sensor evaluation; its dynamic partitions are added as the daemon would."""
-    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka}))
-    if isinstance(result, dg.SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
+    """One sensor evaluation."""
+    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"kafka": kafka}))
 
 
 def run(instance, kafka, warehouse, key: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [company_house_stream],
-        partition_key=key,
+        run_config=landing_run_config(key),
         instance=instance,
         resources={"kafka": kafka, "warehouse": warehouse},
         raise_on_error=raise_on_error,
@@ -67,9 +63,9 @@ def test_sensor_and_runs_land_each_message_exactly_once(instance, kafka, warehou
     sensor = build_kafka_sensor(max_batch_messages=4_000)
 
     result = tick(sensor, instance, kafka, cursor=None)
-    keys = [request.partition_key for request in result.run_requests]
-    assert len(keys) == 3 and [request.run_key for request in result.run_requests] == keys
-    assert set(instance.get_dynamic_partitions(stream_partitions.name)) == set(keys)
+    keys = [request.run_key for request in result.run_requests]
+    assert len(keys) == 3 and [request.tags[OFFSETS_TAG] for request in result.run_requests] == keys
+    assert [request.run_config for request in result.run_requests] == [landing_run_config(key).to_config_dict() for key in keys]
     ends = {p: max(o for q, o in messages if q == p) + 1 for p in (0, 1)}
     assert json.loads(result.cursor) == {str(p): end for p, end in ends.items()}
     for key in keys:
@@ -84,7 +80,7 @@ def test_sensor_and_runs_land_each_message_exactly_once(instance, kafka, warehou
     # A crash before the cursor was saved: the next tick starts from the old cursor again. Same
     # keys, and running them all again still holds every message once.
     replay = tick(sensor, instance, kafka, cursor=None)
-    assert [request.partition_key for request in replay.run_requests] == keys
+    assert [request.run_key for request in replay.run_requests] == keys
     for key in keys:
         run(instance, kafka, warehouse, key)
     assert landed(warehouse, STREAM_TABLE) == valid
@@ -99,7 +95,7 @@ def test_sensor_and_runs_land_each_message_exactly_once(instance, kafka, warehou
 
     materialization = instance.get_latest_materialization_event(company_house_stream.key).asset_materialization
     metadata = materialization.metadata
-    assert metadata["rows"].value + metadata["rejects"].value == sum(r.size for r in parse_partition_key(materialization.partition))
+    assert metadata["rows"].value + metadata["rejects"].value == sum(r.size for r in parse_partition_key(metadata["landing"].value))
     assert metadata["bytes"].value > 0 and metadata["min_published_at"].value <= metadata["max_published_at"].value
     assert set(metadata["offsets"].value) <= {"p0", "p1"}
 
@@ -110,20 +106,20 @@ def test_a_run_that_fails_mid_landing_leaves_nothing_and_its_retry_lands_all(ins
     # The rejects table refuses every row, so the landing transaction fails after its stream insert.
     with warehouse.duckdb_connection() as con:
         con.execute(duckdb_ddl(REJECTS_TABLE, REJECT_COLUMNS).replace("\n)", ",\n  CHECK (kafka_offset < 0)\n)"))
-    failed = run(instance, kafka, warehouse, request.partition_key, raise_on_error=False)
+    failed = run(instance, kafka, warehouse, request.run_key, raise_on_error=False)
     assert not failed.success
     with duckdb.connect(warehouse.duckdb_path, read_only=True) as con:
         assert con.execute(f"SELECT count(*) FROM {STREAM_TABLE}").fetchone() == (0,)
     with warehouse.duckdb_connection() as con:
         con.execute(f"DROP TABLE {REJECTS_TABLE}")  # the cause is fixed; the retry lands everything
-    assert run(instance, kafka, warehouse, request.partition_key).success
+    assert run(instance, kafka, warehouse, request.run_key).success
     assert len(landed(warehouse, STREAM_TABLE)) + len(landed(warehouse, REJECTS_TABLE)) == len(messages) == 1_000
 
 
 def test_a_250k_backlog_becomes_three_contiguous_partitions(instance, kafka):
     produce_filler(kafka.bootstrap_servers, kafka.topic, {0: 150_000, 1: 100_000}, size=20)
     result = tick(build_kafka_sensor(max_batch_messages=100_000), instance, kafka, cursor=None)
-    batches = [parse_partition_key(request.partition_key) for request in result.run_requests]
+    batches = [parse_partition_key(request.run_key) for request in result.run_requests]
     assert [sum(r.size for r in batch) for batch in batches] == [100_000, 100_000, 50_000]
     assert_contiguous(batches, {0: 0, 1: 0}, {0: 150_000, 1: 100_000})
     assert json.loads(result.cursor) == {"0": 150_000, "1": 100_000}
@@ -141,7 +137,7 @@ def test_kafka_partitions_unknown_to_the_cursor_are_picked_up(instance, broker, 
     kafka = KafkaResource(bootstrap_servers=broker.bootstrap_servers, topic=topic_name)
     produce_filler(kafka.bootstrap_servers, topic_name, {0: 10, 1: 7, 2: 7})
     result = tick(build_kafka_sensor(), instance, kafka, cursor='{"0": 10, "1": 5}')
-    assert [r.partition_key for r in result.run_requests] == ["p1:5-6,p2:0-6"]
+    assert [r.run_key for r in result.run_requests] == ["p1:5-6,p2:0-6"]
     assert json.loads(result.cursor) == {"0": 10, "1": 7, "2": 7}
 
 

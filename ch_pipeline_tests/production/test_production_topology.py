@@ -28,6 +28,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG, SENSOR_NAME_TAG
 
+from ch_pipeline.defs.stream import OFFSETS_TAG
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
 from ch_pipeline.demo_verdict import compare_core
@@ -193,7 +194,7 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
     if ended_run.status == DagsterRunStatus.SUCCESS:
         pytest.fail("the killed run is SUCCESS: it had finished before its worker was killed")
     messages = [r.dagster_event.message for r in instance.all_logs(killed.run_id) if r.dagster_event and r.dagster_event.message]
-    print(f"killed run {killed.run_id[:8]} ({killed.tags['dagster/partition']}): {messages[-2:]}")
+    print(f"killed run {killed.run_id[:8]} ({killed.tags[OFFSETS_TAG]}): {messages[-2:]}")
     assert any("[DagsterApiServer]" in m and "terminated by signal 9 (SIGKILL)" in m for m in messages), messages[-5:]
 
     def retried():
@@ -201,7 +202,7 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
         return runs[0] if runs and runs[0].status == DagsterRunStatus.SUCCESS else None
 
     retry = wait("the retry succeeded", retried, MONITORING_BOUND, production_stack)
-    assert retry.tags["dagster/partition"] == killed.tags["dagster/partition"]
+    assert retry.tags[OFFSETS_TAG] == killed.tags[OFFSETS_TAG]
     assert dg.AssetKey("company_house_stream") in {
         r.dagster_event.asset_key for r in instance.all_logs(retry.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     }

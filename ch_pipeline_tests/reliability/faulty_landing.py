@@ -1,4 +1,4 @@
-"""A real run of ``company_house_stream`` for one partition that SIGKILLs itself at ``CH_FAULT_POINT``.
+"""A real run of ``company_house_stream`` for one landing (its offsets key) that SIGKILLs itself at ``CH_FAULT_POINT``.
 
 It shares the scenario's Dagster instance (DAGSTER_HOME) and DuckDB file (CH_DUCKDB_PATH) with the
 test, so what the crash leaves behind (a run stuck in STARTED, a DuckDB WAL, a half-open
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import company_house_stream
+from ch_pipeline.defs.stream import company_house_stream, landing_run_config
 from ch_pipeline.warehouse import duckdb_warehouse
 
 FAULT_POINT = os.environ["CH_FAULT_POINT"]
@@ -63,7 +63,7 @@ duckdb_warehouse.DuckDBWarehouse.land = land
 if __name__ == "__main__":
     dg.materialize(
         [company_house_stream],
-        partition_key=sys.argv[1],
+        run_config=landing_run_config(sys.argv[1]),
         instance=dg.DagsterInstance.get(),
         resources={"kafka": KafkaResource.from_env(), "warehouse": WarehouseResource.from_env()},
     )

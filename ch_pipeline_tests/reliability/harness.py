@@ -12,8 +12,8 @@ served events (``ch_pipeline.demo_verdict.expected_core``: the bulk rows, then e
 event) and against Kafka itself (every offset landed exactly once).
 
 What recovery assumes (the same as production): the producer is restarted (it resumes from its
-checkpoint), a landing run that died is re-executed (Dagster's run retries, or "materialize
-missing" in the UI: ``land_missing``), and the next dbt build runs the whole model selection.
+checkpoint), a landing run that died is re-executed (Dagster's run retries, or "Re-execute" on the run
+in the UI: ``land_missing``), and the next dbt build runs the whole model selection.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import duckdb
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.companies_house.stream_client import Backoff, CompaniesHouseStream
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, stream_partitions
+from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, landing_run_config
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.producer import StreamProducer
 from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
@@ -46,7 +46,7 @@ HISTORY_EVENTS = 400  # distinct events; the generator adds ~3 % duplicates (the
 DEFAULT_SEED = 9
 FULL_SEEDS = (9, 10, 11, 12)
 BULK_COMPANIES = 2_000
-# Small batches, so one tick cuts several stream partitions and a landing fault hits one of many.
+# Small batches, so one tick cuts several landings and a landing fault hits one of many.
 MAX_BATCH_MESSAGES = 120
 # The fault points of each component. The default run chains a component's points in one scenario
 # (one catch-up: the CI budget); --reliability-full gives each point its own scenario, over more seeds.
@@ -108,6 +108,8 @@ class Pipeline:
     watermarks: list[dict[int, int]] = field(default_factory=list)
     dbt_runs: int = 0
     last_skip_reason: str | None = None
+    # Every landing key the sensor requested, in order (the daemon would keep them as its runs).
+    requested: list[str] = field(default_factory=list)
 
     @property
     def kafka(self) -> KafkaResource:
@@ -154,7 +156,7 @@ class Pipeline:
     # --- Kafka sensor and landing ----------------------------------------------------------
 
     def tick(self, save_cursor: bool = True) -> list[str] | None:
-        """One evaluation of the real Kafka sensor; its partitions are added as the daemon would.
+        """One evaluation of the real Kafka sensor; the keys it requested are remembered as the daemon keeps its runs.
 
         The keys of the runs it requests; None when it skipped because Kafka did not answer.
         """
@@ -167,26 +169,27 @@ class Pipeline:
             if save_cursor and result.cursor:
                 self.cursor = result.cursor
             return []
-        for request in result.dynamic_partitions_requests:
-            self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        keys = [request.run_key for request in result.run_requests]
+        self.requested.extend(key for key in keys if key not in self.requested)
         if save_cursor:
             self.cursor = result.cursor
-        return [request.partition_key for request in result.run_requests]
+        return keys
 
     def land(self, key: str, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            [company_house_stream], partition_key=key, instance=self.instance,
+            [company_house_stream], run_config=landing_run_config(key), instance=self.instance,
             resources={"kafka": self.kafka, "warehouse": self.warehouse}, raise_on_error=raise_on_error,
         )  # fmt: skip
 
-    def missing_partitions(self) -> list[str]:
-        keys = self.instance.get_dynamic_partitions(stream_partitions.name)
-        materialized = self.instance.get_materialized_partitions(STREAM_ASSET)
-        return [key for key in keys if key not in materialized]
+    def missing_landings(self) -> list[str]:
+        """Requested landings that no run completed (each completed landing's key is in its materialization)."""
+        landed = {record.asset_materialization.metadata["landing"].value
+                  for record in self.instance.fetch_materializations(STREAM_ASSET, limit=10_000).records}  # fmt: skip
+        return [key for key in self.requested if key not in landed]
 
     def land_missing(self) -> None:
-        """Re-execute every stream partition without a materialization (a run that died or failed)."""
-        for key in self.missing_partitions():
+        """Re-execute every requested landing without a materialization (a run that died or failed)."""
+        for key in self.missing_landings():
             self.land(key)
 
     # --- dbt --------------------------------------------------------------------------------

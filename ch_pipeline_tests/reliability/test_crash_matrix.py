@@ -56,7 +56,7 @@ def test_landing_run_killed(pipeline: Pipeline, landing_faults: tuple[str, ...])
     during (inside the transaction) or after its warehouse write; re-executed later."""
     pipeline.produce_all()
     keys = pipeline.tick()
-    assert len(keys) > len(landing_faults), "a stream partition for each fault, and one landed normally"
+    assert len(keys) > len(landing_faults), "a landing for each fault, and one landed normally"
     pipeline.land(keys[0])
     for key, fault_point in zip(keys[1:], landing_faults):
         before = pipeline.stream_rows()
@@ -67,7 +67,7 @@ def test_landing_run_killed(pipeline: Pipeline, landing_faults: tuple[str, ...])
             assert {(p, o) for p, o, _ in after} - {(p, o) for p, o, _ in before} == offsets, "committed before the kill"
         else:
             assert after == before, f"{fault_point}: a run killed before its commit leaves no row behind"
-        assert key in pipeline.missing_partitions(), f"{fault_point}: the killed run recorded no materialization"
+        assert key in pipeline.missing_landings(), f"{fault_point}: the killed run recorded no materialization"
     assert_exact(pipeline.catch_up("landing run: " + ", ".join(p.removeprefix("landing_") for p in landing_faults)))
 
 

@@ -183,5 +183,5 @@ def test_warehouse_failing_inside_a_landing_run(pipeline: Pipeline, monkeypatch)
     assert not failed.success
     assert "INSERT INTO company_house_stream" in FailsOnRejectsInsert.statements, "it failed after the stream rows were written"
     assert pipeline.stream_rows() == before, "the failed runs left nothing partial"
-    assert set(pipeline.missing_partitions()) == set(keys) - {keys[2]}, "both failed partitions are still to be landed"
+    assert set(pipeline.missing_landings()) == set(keys) - {keys[2]}, "both failed landings are still to be landed"
     assert_exact(pipeline.catch_up("outage: warehouse failing inside landing runs"))

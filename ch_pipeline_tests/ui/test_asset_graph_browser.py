@@ -29,7 +29,7 @@ ASSETS_ON_GRAPH = [
     "company_house_core",
     "get_last_timestamp",
 ]
-STREAM_PARTITION = "p0:0-4,p1:0-4"
+STREAM_LANDING = "p0:0-4,p1:0-4"
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -37,13 +37,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def land_one_stream_partition(home: Path, data: Path, bootstrap: str) -> None:
-    """A real stream run into the instance the webserver will show (so it has a partition)."""
+def land_one_stream_range(home: Path, data: Path, bootstrap: str) -> None:
+    """A real landing run into the instance the webserver will show."""
     import dagster as dg
     from confluent_kafka import Producer
 
     from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-    from ch_pipeline.defs.stream import company_house_stream, stream_partitions
+    from ch_pipeline.defs.stream import company_house_stream, landing_run_config
     from ch_pipeline.kafka.broker import create_topic
 
     create_topic(bootstrap, "company_house", 2)
@@ -56,10 +56,9 @@ def land_one_stream_partition(home: Path, data: Path, bootstrap: str) -> None:
             producer.produce("company_house", key=number, value=json.dumps(flat), partition=partition)
     assert producer.flush(10) == 0
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions(stream_partitions.name, [STREAM_PARTITION])
         result = dg.materialize(
             [company_house_stream],
-            partition_key=STREAM_PARTITION,
+            run_config=landing_run_config(STREAM_LANDING),
             instance=instance,
             resources={
                 "kafka": KafkaResource(bootstrap_servers=bootstrap, topic="company_house"),
@@ -74,7 +73,7 @@ def dagster_webserver(tmp_path_factory, broker):
     home = tmp_path_factory.mktemp("dagster_home")
     data = tmp_path_factory.mktemp("data")
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    land_one_stream_partition(home, data, broker.bootstrap_servers)
+    land_one_stream_range(home, data, broker.bootstrap_servers)
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "CH_DATA_DIR": str(data), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
     log = open(home / "dagster-dev.log", "wb")
@@ -121,10 +120,10 @@ def test_asset_graph_shows_the_whole_lineage(dagster_webserver, tmp_path):
             page.get_by_text(asset, exact=True).first.wait_for(state="visible", timeout=60_000)
         page.screenshot(path=str(tmp_path / "asset_graph.png"), full_page=True)
 
-        # The stream asset's partitions: the landed offset range is there, by its key.
-        page.goto(f"{dagster_webserver}/assets/company_house_stream?view=partitions", wait_until="networkidle", timeout=60_000)
-        page.get_by_text(STREAM_PARTITION).first.wait_for(state="visible", timeout=60_000)
-        page.screenshot(path=str(tmp_path / "stream_partitions.png"), full_page=True)
+        # The stream asset's events: the landing names its offset ranges.
+        page.goto(f"{dagster_webserver}/assets/company_house_stream?view=events", wait_until="networkidle", timeout=60_000)
+        page.get_by_text(STREAM_LANDING).first.wait_for(state="visible", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "stream_landings.png"), full_page=True)
         browser.close()
     assert (tmp_path / "asset_graph.png").stat().st_size > 10_000
-    assert (tmp_path / "stream_partitions.png").stat().st_size > 10_000
+    assert (tmp_path / "stream_landings.png").stat().st_size > 10_000
