@@ -43,7 +43,7 @@ class DemoProgress:
 
 
 def poll_instance(instance, progress: DemoProgress) -> None:
-    """What the Dagster instance knows: landed messages per partition and finished dbt runs."""
+    """What the Dagster instance knows: landed messages per landing and finished dbt runs."""
     import dagster as dg
 
     latest: dict[str, tuple[float, int]] = {}
@@ -51,8 +51,10 @@ def poll_instance(instance, progress: DemoProgress) -> None:
         materialization = record.asset_materialization
         metadata = materialization.metadata
         count = int(metadata["rows"].value) + int(metadata["rejects"].value)
-        if materialization.partition not in latest or latest[materialization.partition][0] < record.timestamp:
-            latest[materialization.partition] = (record.timestamp, count)
+        # A landing names its offset ranges in its metadata (the stream asset is not partitioned).
+        landing = metadata["landing"].value if "landing" in metadata else materialization.partition
+        if landing not in latest or latest[landing][0] < record.timestamp:
+            latest[landing] = (record.timestamp, count)
     progress.landed = sum(count for _, count in latest.values())
     progress.last_landing_at = max((ts for ts, _ in latest.values()), default=None)
     # A dbt run counts once it has rebuilt both the core and the watermark.
@@ -94,7 +96,7 @@ def kafka_message_count(config: dict[str, str], topic: str) -> int:
 def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_interval: int, timeout: int, data_dir: Path | None) -> None:
     """Run the whole flow headless to completion, print a summary, exit 0 only if core matches the events.
 
-    Broker, replay server, producer and the Dagster daemon (Kafka sensor -> stream partitions,
+    Broker, replay server, producer and the Dagster daemon (Kafka sensor -> landing runs,
     automation sensor -> dbt) on a fresh state; then company_house_core is compared with the
     ground truth computed in Python from the served events and the bulk snapshot.
     """
