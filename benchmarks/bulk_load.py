@@ -23,7 +23,7 @@ from ch_pipeline.companies_house.bulk_csv import write_sample
 
 OURS = """
 import sys, duckdb
-from ch_pipeline.warehouse.bulk_load import load_duckdb
+from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 with duckdb.connect(sys.argv[2]) as con:
     print(load_duckdb(con, sys.argv[1], progress=lambda _: None))
 """

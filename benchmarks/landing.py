@@ -28,7 +28,7 @@ from ch_pipeline.defs.stream import company_house_stream, landing_run_config
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, probe_offsets
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-from ch_pipeline.warehouse.landing import read_stream_partition
+from ch_pipeline.landing import read_stream_partition
 from ch_pipeline_tests.warehouse.messages import company_event, company_number
 
 TOPIC = "company_house"

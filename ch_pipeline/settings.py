@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 
+from ch_pipeline.warehouse import check_warehouse_name
+
 OFFICIAL_STREAM_URL = "https://stream.companieshouse.gov.uk/companies"
-LOCAL_REPLAY_URL = "http://127.0.0.1:8765/companies"
 DEFAULT_TOPIC = "company_house"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_DATA_DIR = ".ch-data"
-
-Warehouse = Literal["duckdb", "bigquery"]
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -40,7 +37,7 @@ class Settings:
     kafka_bootstrap_servers: str | None
     kafka_config_file: Path | None
     kafka_topic: str
-    warehouse: Warehouse
+    warehouse: str  # a name of ch_pipeline.warehouse.IMPLEMENTATIONS
     duckdb_path: Path
     gcp_project: str | None
     bigquery_dataset: str | None
@@ -55,21 +52,16 @@ class Settings:
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = field(default=None, repr=False)
 
-    def kafka_overrides(self) -> dict[str, str]:
-        """librdkafka properties set through ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``."""
-        return kafka_overrides(
-            self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password
-        )
-
     def kafka_client_config(self) -> dict[str, str]:
-        return kafka_client_config(self.kafka_bootstrap_servers, self.kafka_config_file, self.kafka_overrides())
+        return kafka_client_config(
+            self.kafka_bootstrap_servers, self.kafka_config_file, self.kafka_security_protocol,
+            self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password,
+        )  # fmt: skip
 
     @classmethod
     def from_env(cls) -> "Settings":
         data_dir = Path(_env("CH_DATA_DIR", DEFAULT_DATA_DIR)).expanduser().resolve()
-        warehouse = _env("CH_WAREHOUSE", "duckdb")
-        if warehouse not in ("duckdb", "bigquery"):
-            raise ValueError(f"CH_WAREHOUSE must be 'duckdb' or 'bigquery', got {warehouse!r}")
+        warehouse = check_warehouse_name(_env("CH_WAREHOUSE", "duckdb"))
         config_file = _env("KAFKA_CONFIG_FILE")
         gcp_project, bigquery_dataset = _env("GCP_PROJECT"), _env("BIGQUERY_DATASET")
         return cls(
@@ -77,11 +69,10 @@ class Settings:
             stream_api_key=_env("CH_STREAM_API_KEY"),
             data_dir=data_dir,
             checkpoint_path=Path(_env("CH_CHECKPOINT_PATH", str(data_dir / "producer.checkpoint"))),
-            # A config file (Confluent Cloud) names its own bootstrap servers.
-            kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", None if config_file else DEFAULT_BOOTSTRAP),
+            kafka_bootstrap_servers=bootstrap_servers(_env("KAFKA_BOOTSTRAP_SERVERS"), config_file),
             kafka_config_file=Path(config_file) if config_file else None,
             kafka_topic=_env("KAFKA_TOPIC", DEFAULT_TOPIC),
-            warehouse=warehouse,  # type: ignore[arg-type]
+            warehouse=warehouse,
             duckdb_path=Path(_env("CH_DUCKDB_PATH", str(data_dir / "warehouse.duckdb"))),
             gcp_project=validate_gcp_project(gcp_project) if gcp_project else None,
             bigquery_dataset=validate_bigquery_dataset(bigquery_dataset) if bigquery_dataset else None,
@@ -97,31 +88,36 @@ class Settings:
         )
 
 
-def kafka_overrides(
-    security_protocol: str | None, sasl_mechanism: str | None, sasl_username: str | None, sasl_password: str | None
+def bootstrap_servers(servers: str | None, config_file: str | Path | None) -> str | None:
+    """``servers``, else the local broker; none with a config file (Confluent Cloud names its own)."""
+    return servers or (None if config_file else DEFAULT_BOOTSTRAP)
+
+
+def kafka_client_config(
+    bootstrap: str | None,
+    config_file: str | Path | None,
+    security_protocol: str | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password: str | None = None,
 ) -> dict[str, str]:
-    """The librdkafka properties among these that are set."""
+    """The librdkafka client config of the producer, the sensor and the landing runs alike.
+
+    The one place it is assembled (the file, then ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*`` as
+    librdkafka properties, then the bootstrap servers), and so the one place that refuses to send
+    SASL credentials without TLS: with ``security.protocol`` PLAINTEXT or SASL_PLAINTEXT a SASL/PLAIN
+    key and secret cross the network in clear text.
+    """
+    from ch_pipeline.kafka.config import client_config
+
     properties = {
         "security.protocol": security_protocol,
         "sasl.mechanisms": sasl_mechanism,
         "sasl.username": sasl_username,
         "sasl.password": sasl_password,
     }
-    return {key: value for key, value in properties.items() if value}
-
-
-def kafka_client_config(
-    bootstrap_servers: str | None, config_file: str | Path | None, overrides: Mapping[str, str]
-) -> dict[str, str]:
-    """The librdkafka client config of the producer, the sensor and the landing runs alike.
-
-    The one place it is assembled (the file, then the overrides, then the bootstrap servers), and
-    so the one place that refuses to send SASL credentials without TLS: with ``security.protocol``
-    PLAINTEXT or SASL_PLAINTEXT a SASL/PLAIN key and secret cross the network in clear text.
-    """
-    from ch_pipeline.kafka.config import client_config
-
-    config = client_config(bootstrap_servers, config_file, overrides)
+    overrides = {key: value for key, value in properties.items() if value}
+    config = client_config(bootstrap_servers(bootstrap, config_file), config_file, overrides)
     protocol = config.get("security.protocol", "PLAINTEXT")
     if (config.get("sasl.username") or config.get("sasl.password")) and protocol.upper() != "SASL_SSL":
         raise ValueError(

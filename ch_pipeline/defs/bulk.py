@@ -8,9 +8,7 @@ from pydantic import Field
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
 from ch_pipeline.defs.resources import WarehouseResource
-from ch_pipeline.settings import Settings
-from ch_pipeline.warehouse.bulk_load import is_url, load_bigquery, load_duckdb, redact_source
-from ch_pipeline.warehouse.duckdb_warehouse import create_stream_tables
+from ch_pipeline.warehouse.bulk_load import is_url, redact_source
 from ch_pipeline.warehouse.schema import BULK_COLUMNS, BULK_TABLE
 
 SAMPLE_FILE_NAME = "BasicCompanyDataAsOneFile-sample.csv"
@@ -26,11 +24,11 @@ class BulkLoadConfig(dg.Config):
     sample_rows: int = Field(default=100_000, description="Companies in the generated sample.")
 
 
-def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
+def bulk_source(config: BulkLoadConfig, warehouse: WarehouseResource, log) -> str:
     """The file to load: run config, else CH_BULK_CSV, else a realistic sample (generated once)."""
-    if config.source or settings.bulk_csv:
-        return config.source or settings.bulk_csv
-    sample = settings.data_dir / "bulk" / SAMPLE_FILE_NAME
+    if config.source or warehouse.bulk_csv:
+        return config.source or warehouse.bulk_csv
+    sample = Path(warehouse.data_dir) / "bulk" / SAMPLE_FILE_NAME
     if not sample.exists():
         log.info(f"CH_BULK_CSV is unset: generating a sample of {config.sample_rows:,} companies at {sample}")
         write_sample(sample, config.sample_rows)
@@ -54,18 +52,14 @@ def bulk_source(config: BulkLoadConfig, settings: Settings, log) -> str:
 def company_house_bulk(
     context: dg.AssetExecutionContext, config: BulkLoadConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    source = bulk_source(config, Settings.from_env(), context.log)
+    source = bulk_source(config, warehouse, context.log)
     shown = redact_source(source)  # a URL without its query string or userinfo
     context.log.info(f"loading the bulk snapshot from {shown}")
     # The stream tables are created too (idempotent DDL from schema.py): the first dbt build runs
     # as soon as the bulk table exists, and its snapshot reads the stream table, landed or not.
-    if warehouse.kind == "bigquery":
-        rows = load_bigquery(warehouse.bigquery_client(), warehouse.bigquery_dataset, source, progress=context.log.info)
-        warehouse.warehouse().create_stream_tables()
-    else:
-        with warehouse.duckdb_connection() as connection:
-            rows = load_duckdb(connection, source, progress=context.log.info)
-            create_stream_tables(connection)
+    target = warehouse.warehouse()
+    rows = target.load_bulk(source, progress=context.log.info)
+    target.create_stream_tables()
     return dg.MaterializeResult(
         metadata={"dagster/row_count": rows, "source": shown if is_url(source) else Path(source).name}
     )

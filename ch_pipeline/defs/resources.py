@@ -14,20 +14,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import dagster as dg
 from pydantic import field_validator
 
 from ch_pipeline.settings import (
-    DEFAULT_BOOTSTRAP,
+    DEFAULT_DATA_DIR,
     DEFAULT_TOPIC,
     Settings,
     kafka_client_config,
-    kafka_overrides,
     validate_bigquery_dataset,
     validate_gcp_project,
 )
+from ch_pipeline.warehouse import check_warehouse_name, implementation
 
 if TYPE_CHECKING:
     import duckdb
@@ -45,8 +45,28 @@ def fixed_resource(resource: dg.ConfigurableResource, description: str) -> dg.Re
     return dg.ResourceDefinition(resource_fn=lambda _: resource, config_schema={}, description=description)
 
 
-class KafkaResource(dg.ConfigurableResource):
+class DeployedResource(dg.ConfigurableResource):
+    """A resource whose deployed instance is built from ``Settings`` (``settings_fields``) and fixed."""
+
+    DEPLOYED: ClassVar[str] = ""  # the description Dagster shows for the deployed resource
+
+    @classmethod
+    def settings_fields(cls, settings: Settings) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls, settings: Settings | None = None) -> dg.ResourceDefinition:
+        """The deployed resource: ``settings`` (default: the environment's), not configurable at launch."""
+        return fixed_resource(cls(**cls.settings_fields(settings or Settings.from_env())), cls.DEPLOYED)
+
+
+class KafkaResource(DeployedResource):
     """Where the topic lives: the local broker by default, Confluent Cloud via a config file or SASL env."""
+
+    DEPLOYED: ClassVar[str] = (
+        "The Kafka topic: KAFKA_TOPIC on KAFKA_BOOTSTRAP_SERVERS or KAFKA_CONFIG_FILE, KAFKA_SECURITY_PROTOCOL, "
+        "KAFKA_SASL_* of the code server. Not configurable at launch."
+    )
 
     bootstrap_servers: Optional[str] = None
     config_file: Optional[str] = None
@@ -58,36 +78,39 @@ class KafkaResource(dg.ConfigurableResource):
 
     def client_config(self) -> dict[str, str]:
         """The librdkafka config (SASL credentials only with SASL_SSL: ``settings.kafka_client_config``)."""
-        overrides = kafka_overrides(self.security_protocol, self.sasl_mechanism, self.sasl_username, self.sasl_password)
-        bootstrap = self.bootstrap_servers or (None if self.config_file else DEFAULT_BOOTSTRAP)
-        return kafka_client_config(bootstrap, self.config_file, overrides)
+        return kafka_client_config(
+            self.bootstrap_servers, self.config_file, self.security_protocol, self.sasl_mechanism,
+            self.sasl_username, self.sasl_password,
+        )  # fmt: skip
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None) -> dg.ResourceDefinition:
-        """The deployed resource: ``KAFKA_*`` of the environment, not configurable at launch."""
-        settings = settings or Settings.from_env()
-        resource = cls(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            config_file=str(settings.kafka_config_file) if settings.kafka_config_file else None,
-            topic=settings.kafka_topic,
-            security_protocol=settings.kafka_security_protocol,
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_username=settings.kafka_sasl_username,
-            sasl_password=settings.kafka_sasl_password,
-        )
-        return fixed_resource(
-            resource,
-            "The Kafka topic: KAFKA_TOPIC on KAFKA_BOOTSTRAP_SERVERS or KAFKA_CONFIG_FILE, KAFKA_SECURITY_PROTOCOL, "
-            "KAFKA_SASL_* of the code server. Not configurable at launch.",
-        )
+    def settings_fields(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            "config_file": str(settings.kafka_config_file) if settings.kafka_config_file else None,
+            "topic": settings.kafka_topic,
+            "security_protocol": settings.kafka_security_protocol,
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_username": settings.kafka_sasl_username,
+            "sasl_password": settings.kafka_sasl_password,
+        }
 
 
-class WarehouseResource(dg.ConfigurableResource):
+class WarehouseResource(DeployedResource):
     """The warehouse: DuckDB (local default) or BigQuery (production), chosen by ``CH_WAREHOUSE``.
 
-    Sensors run in the long-lived code server and must never open the DuckDB file (one writer
-    process, and a reader blocks writers: docs/architecture.md §11); only asset bodies call ``duckdb_connection``.
+    ``kind`` names the implementation (``ch_pipeline.warehouse.IMPLEMENTATIONS``); ``warehouse()``
+    builds it from these fields, so asset bodies call the ``Warehouse`` interface and never branch
+    on the kind. ``bulk_csv`` and ``data_dir`` say where the bulk snapshot comes from when a run
+    names none. Sensors run in the long-lived code server and must never open the DuckDB file (one
+    writer process, and a reader blocks writers: docs/architecture.md §11); only asset bodies call
+    ``warehouse()`` or ``duckdb_connection``.
     """
+
+    DEPLOYED: ClassVar[str] = (
+        "The warehouse: CH_WAREHOUSE (DuckDB at CH_DUCKDB_PATH, or BigQuery GCP_PROJECT.BIGQUERY_DATASET with "
+        "GOOGLE_APPLICATION_CREDENTIALS) of the code server. Not configurable at launch."
+    )
 
     kind: str = "duckdb"
     duckdb_path: str = ".ch-data/warehouse.duckdb"
@@ -97,6 +120,14 @@ class WarehouseResource(dg.ConfigurableResource):
     # An offline BigQuery emulator (tests): anonymous credentials against this endpoint.
     bigquery_api_endpoint: Optional[str] = None
     gcp_credentials_path: Optional[str] = None
+    # The bulk snapshot when a run names none: CH_BULK_CSV, else a sample generated under data_dir.
+    bulk_csv: Optional[str] = None
+    data_dir: str = DEFAULT_DATA_DIR
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return value if isinstance(value, dg.EnvVar) else check_warehouse_name(value)
 
     # They are interpolated into backtick-quoted SQL: the checks of Settings apply in code too.
     @field_validator("gcp_project")
@@ -127,34 +158,19 @@ class WarehouseResource(dg.ConfigurableResource):
         return make_client(self.gcp_project, self.bigquery_location, self.bigquery_api_endpoint, self.gcp_credentials_path)
 
     def warehouse(self) -> "Warehouse":
-        """The configured warehouse implementation (``kind``: duckdb or bigquery)."""
-        if self.kind == "duckdb":
-            from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-
-            return DuckDBWarehouse(Path(self.duckdb_path))
-        if self.kind == "bigquery":
-            from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
-
-            if not (self.gcp_project and self.bigquery_dataset):
-                raise ValueError("CH_WAREHOUSE=bigquery needs GCP_PROJECT and BIGQUERY_DATASET: set both")
-            return BigQueryWarehouse(self.bigquery_client(), self.gcp_project, self.bigquery_dataset, self.bigquery_location)
-        raise ValueError(f"CH_WAREHOUSE must be 'duckdb' or 'bigquery', got {self.kind!r}")
+        """The configured warehouse implementation (``kind``), built from these fields."""
+        return implementation(self.kind).from_config(self)
 
     @classmethod
-    def from_env(cls, settings: Settings | None = None) -> dg.ResourceDefinition:
-        """The deployed resource: ``CH_WAREHOUSE`` and its settings, not configurable at launch."""
-        settings = settings or Settings.from_env()
-        resource = cls(
-            kind=settings.warehouse,
-            duckdb_path=str(settings.duckdb_path),
-            gcp_project=settings.gcp_project,
-            bigquery_dataset=settings.bigquery_dataset,
-            bigquery_location=settings.bigquery_location,
-            bigquery_api_endpoint=settings.bigquery_api_endpoint,
-            gcp_credentials_path=settings.google_application_credentials,
-        )
-        return fixed_resource(
-            resource,
-            "The warehouse: CH_WAREHOUSE (DuckDB at CH_DUCKDB_PATH, or BigQuery GCP_PROJECT.BIGQUERY_DATASET with "
-            "GOOGLE_APPLICATION_CREDENTIALS) of the code server. Not configurable at launch.",
-        )
+    def settings_fields(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            "kind": settings.warehouse,
+            "duckdb_path": str(settings.duckdb_path),
+            "gcp_project": settings.gcp_project,
+            "bigquery_dataset": settings.bigquery_dataset,
+            "bigquery_location": settings.bigquery_location,
+            "bigquery_api_endpoint": settings.bigquery_api_endpoint,
+            "gcp_credentials_path": settings.google_application_credentials,
+            "bulk_csv": settings.bulk_csv,
+            "data_dir": str(settings.data_dir),
+        }

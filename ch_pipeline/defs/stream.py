@@ -34,7 +34,8 @@ from ch_pipeline.kafka.offsets import (
     probe_offsets,
 )
 from ch_pipeline.settings import sensor_interval_seconds
-from ch_pipeline.warehouse.landing import LandingBatch, read_stream_partition
+from ch_pipeline.landing import read_stream_partition
+from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import STREAM_COLUMNS
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000

@@ -14,14 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
 from ch_pipeline.kafka.offsets import OffsetRange
+from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
+from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
 from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
 from ch_pipeline.warehouse.schema import (
+    BULK_TABLE,
     REJECT_COLUMNS,
     REJECTS_TABLE,
     STREAM_COLUMNS,
@@ -35,6 +40,13 @@ from ch_pipeline.warehouse.schema import (
 CLUSTERING_FIELDS = ["kafka_partition", "kafka_offset"]
 # Rejects first: once a partition's stream rows are visible, its rejects are too.
 _LANDED_TABLES = ((REJECTS_TABLE, REJECT_COLUMNS), (STREAM_TABLE, STREAM_COLUMNS))
+
+# The bulk cleaning query's dialect (bulk_cleaning.cleaning_select).
+BIGQUERY = Dialect(
+    regexp_replace_all=lambda value, pattern, repl: f"regexp_replace({value}, r'{pattern}', '{repl}')",
+    parse_dmy_date=lambda value: f"safe.parse_date('{DATE_FORMAT}', {value})",
+    month_start=lambda value: f"date_trunc({value}, month)",
+)
 
 
 def make_client(project: str | None, location: str | None, api_endpoint: str | None, credentials_path: str | None):
@@ -125,12 +137,57 @@ def landing_script(dataset: str, staging: dict[str, str], ranges: Sequence[Offse
     ) + ";"
 
 
+def load_bigquery(
+    client, dataset: str, source: str, table: str = BULK_TABLE, progress: Progress = print,
+    limits: BulkLimits = DEFAULT_LIMITS,
+) -> int:
+    """Load job into a staging table (all STRING, columns named from the header), then one cleaning
+    query replaces `table`; returns its row count."""
+    from google.cloud import bigquery
+
+    staging = f"{client.project}.{dataset}.{table}_staging"
+    target = f"{client.project}.{dataset}.{table}"
+
+    def stage(path: Path) -> str:
+        job_config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.CSV,
+            skip_leading_rows=1,
+            schema=[bigquery.SchemaField(name, "STRING") for name in staging_columns(path)],
+            # No allow_quoted_newlines: the published file has none, and the offline emulator refuses
+            # the option (deploy/bigquery-emulator.md); a stray one fails the job loudly, losing nothing.
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        )
+        progress(f"BigQuery load job: {path.name} -> {staging}")
+        with path.open("rb") as stream:
+            client.load_table_from_file(stream, staging, job_config=job_config).result()
+        return f"`{staging}`"
+
+    load_cleaned(source, f"`{target}`", BIGQUERY, stage, lambda sql: client.query(sql).result(), progress, limits)
+    client.delete_table(staging, not_found_ok=True)
+    rows = client.get_table(target).num_rows
+    progress(f"{target}: {rows:,} companies")
+    return rows
+
+
 class BigQueryWarehouse:
     def __init__(self, client, project: str, dataset: str, location: str | None = None) -> None:
         self.client = client
         self.project = project
         self.dataset = dataset
         self.location = location
+
+    @classmethod
+    def from_config(cls, config) -> "BigQueryWarehouse":
+        """``gcp_project``.``bigquery_dataset`` (both needed), with a client from ``make_client``."""
+        if not (config.gcp_project and config.bigquery_dataset):
+            raise ValueError("CH_WAREHOUSE=bigquery needs GCP_PROJECT and BIGQUERY_DATASET: set both")
+        client = make_client(
+            config.gcp_project, config.bigquery_location, config.bigquery_api_endpoint, config.gcp_credentials_path
+        )
+        return cls(client, config.gcp_project, config.bigquery_dataset, config.bigquery_location)
+
+    def load_bulk(self, source: str, progress: Progress = print, limits: BulkLimits | None = None) -> int:
+        return load_bigquery(self.client, self.dataset, source, progress=progress, limits=limits or DEFAULT_LIMITS)
 
     def _ref(self, table: str) -> str:
         return f"{self.project}.{self.dataset}.{table}"

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import duckdb
 
+from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
+from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
+from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
 from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
-from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_COLUMNS, STREAM_TABLE, duckdb_ddl
+from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, REJECTS_TABLE, STREAM_COLUMNS, STREAM_TABLE, duckdb_ddl
+
+# The bulk cleaning query's dialect (bulk_cleaning.cleaning_select).
+DUCKDB = Dialect(
+    regexp_replace_all=lambda value, pattern, repl: f"regexp_replace({value}, '{pattern}', '{repl}', 'g')",
+    parse_dmy_date=lambda value: f"cast(try_strptime({value}, '{DATE_FORMAT}') as date)",
+    month_start=lambda value: f"cast(date_trunc('month', {value}) as date)",
+)
 
 
 @contextmanager
@@ -24,13 +34,48 @@ def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def create_stream_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The stream tables on an open connection (``DuckDBWarehouse.create_stream_tables`` opens one)."""
     con.execute(duckdb_ddl(STREAM_TABLE, STREAM_COLUMNS))
     con.execute(duckdb_ddl(REJECTS_TABLE, REJECT_COLUMNS))
+
+
+def duckdb_read_csv(path: Path) -> str:
+    """DuckDB's CSV reader over the file; columns named from its header (``staging_columns``) and
+    all text, so a malformed date becomes NULL in the cleaning step instead of failing the load."""
+    names = ", ".join(f"'{name}'" for name in staging_columns(path))
+    quoted = str(path).replace("'", "''")
+    return (
+        f"read_csv('{quoted}', header = true, names = [{names}], all_varchar = true, "
+        "quote = '\"', escape = '\"', delim = ',', strict_mode = false)"
+    )
+
+
+def load_duckdb(
+    connection, source: str, table: str = BULK_TABLE, progress: Progress = print, limits: BulkLimits = DEFAULT_LIMITS
+) -> int:
+    """Replace `table` with the cleaned bulk snapshot in one statement (DuckDB reads the CSV itself);
+    returns its row count."""
+    load_cleaned(source, table, DUCKDB, duckdb_read_csv, connection.execute, progress, limits)
+    [(rows,)] = connection.execute(f"select count(*) from {table}").fetchall()
+    progress(f"{table}: {rows:,} companies")
+    return rows
 
 
 class DuckDBWarehouse:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    @classmethod
+    def from_config(cls, config) -> "DuckDBWarehouse":
+        return cls(Path(config.duckdb_path))
+
+    def create_stream_tables(self) -> None:
+        with connect(self.path) as con:
+            create_stream_tables(con)
+
+    def load_bulk(self, source: str, progress: Progress = print, limits: BulkLimits | None = None) -> int:
+        with connect(self.path) as con:
+            return load_duckdb(con, source, progress=progress, limits=limits or DEFAULT_LIMITS)
 
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)

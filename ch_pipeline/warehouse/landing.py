@@ -1,21 +1,26 @@
-"""The one small warehouse interface the stream asset lands through (DuckDB or BigQuery)."""
+"""The warehouse interface: what the assets ask of a warehouse, whichever it is (DuckDB, BigQuery).
+
+Implementations are listed in ``ch_pipeline.warehouse.IMPLEMENTATIONS``; the Kafka read that
+produces a ``LandingBatch`` is ``ch_pipeline.landing``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
-from ch_pipeline.kafka.offsets import OffsetRange, parse_partition_key
-from ch_pipeline.kafka.reader import read_ranges
+from ch_pipeline.kafka.offsets import OffsetRange
+
+if TYPE_CHECKING:
+    from ch_pipeline.warehouse.bulk_load import BulkLimits, Progress
 
 
 @dataclass(frozen=True)
 class LandingBatch:
-    """One stream partition, parsed: its offset ranges, stream rows and reject rows."""
+    """One landing, parsed: its offset ranges, stream rows and reject rows."""
 
     stream_partition: str
     ranges: Sequence[OffsetRange]
@@ -25,21 +30,24 @@ class LandingBatch:
 
 
 class Warehouse(Protocol):
+    """Every operation the assets need of a warehouse."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Warehouse":
+        """The warehouse ``config`` (the warehouse resource: ``duckdb_path``, ``gcp_project``, ...) points at.
+        Called inside a run, never while the definitions load (it may open a client)."""
+
+    def create_stream_tables(self) -> None:
+        """Create the stream and reject tables if missing (idempotent DDL from ``schema.py``)."""
+
     def land(self, batch: LandingBatch) -> None:
         """Replace, atomically, every stream and reject row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
 
-
-def read_stream_partition(kafka_config: Mapping[str, str], topic: str, stream_partition: str) -> LandingBatch:
-    """Read exactly the offsets named by ``stream_partition`` and parse them into a batch."""
-    from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
-
-    ranges = parse_partition_key(stream_partition)
-    builder = StreamBatchBuilder(stream_partition, ingested_at=datetime.now(timezone.utc))
-    for messages in read_ranges(kafka_config, topic, ranges):
-        builder.add(messages)
-    return LandingBatch(stream_partition, ranges, builder.stream_table(), builder.rejects_table(), builder.bytes)
+    def load_bulk(self, source: str, progress: Progress = print, limits: "BulkLimits | None" = None) -> int:
+        """Replace the bulk table with the cleaned snapshot at ``source`` (a path or an allowed
+        https URL, ``bulk_load.local_csv``); returns its row count."""
 
 
 def offsets_predicate(ranges: Sequence[OffsetRange], qualifier: str | None = None) -> str:

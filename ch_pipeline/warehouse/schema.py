@@ -7,6 +7,7 @@ absolute instants in UTC (DuckDB ``TIMESTAMPTZ`` = BigQuery ``TIMESTAMP``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -86,21 +87,20 @@ BULK_COLUMNS = [
     Column("month_of_creation", pa.date32(), "First day of the incorporation month."),
 ]
 
-TABLES: dict[str, list[Column]] = {
-    STREAM_TABLE: STREAM_COLUMNS,
-    REJECTS_TABLE: REJECT_COLUMNS,
-    BULK_TABLE: BULK_COLUMNS,
-}
-
 
 def arrow_schema(columns: list[Column]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in columns])
 
 
+def create_table_ddl(name: str, columns: list[Column], sql_type: Callable[[Column], str], suffix: str = "") -> str:
+    """``CREATE TABLE IF NOT EXISTS`` with the columns in order, NOT NULL where not nullable; ``name``
+    already qualified and quoted for the dialect, ``sql_type`` the dialect's type of a column."""
+    body = ",\n  ".join(f"{c.name} {sql_type(c)}{'' if c.nullable else ' NOT NULL'}" for c in columns)
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n){suffix}"
+
+
 def duckdb_ddl(table: str, columns: list[Column], schema: str | None = None) -> str:
-    name = f"{schema}.{table}" if schema else table
-    body = ",\n  ".join(f"{c.name} {c.duckdb_type}{'' if c.nullable else ' NOT NULL'}" for c in columns)
-    return f"CREATE TABLE IF NOT EXISTS {name} (\n  {body}\n)"
+    return create_table_ddl(f"{schema}.{table}" if schema else table, columns, lambda c: c.duckdb_type)
 
 
 def bigquery_schema(columns: list[Column], all_nullable: bool = False) -> list:
@@ -117,6 +117,5 @@ def bigquery_schema(columns: list[Column], all_nullable: bool = False) -> list:
 
 
 def bigquery_ddl(table: str, columns: list[Column], dataset: str, cluster_by: list[str] | None = None) -> str:
-    body = ",\n  ".join(f"{c.name} {c.bigquery_type}{'' if c.nullable else ' NOT NULL'}" for c in columns)
     clustering = f"\nCLUSTER BY {', '.join(cluster_by)}" if cluster_by else ""
-    return f"CREATE TABLE IF NOT EXISTS `{dataset}.{table}` (\n  {body}\n){clustering}"
+    return create_table_ddl(f"`{dataset}.{table}`", columns, lambda c: c.bigquery_type, clustering)

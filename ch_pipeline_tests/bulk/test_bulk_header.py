@@ -18,7 +18,8 @@ import duckdb
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, HEADER, BulkFormatError, sample_rows
-from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
+from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
+from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 

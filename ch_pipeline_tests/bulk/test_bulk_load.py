@@ -16,7 +16,8 @@ import pytest
 from ch_pipeline.companies_house.bulk_csv import HEADER, BulkFormatError, sample_rows, write_sample
 from ch_pipeline.defs.bulk import SAMPLE_FILE_NAME, company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
-from ch_pipeline.warehouse.bulk_load import load_bigquery, load_duckdb
+from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
+from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 from ch_pipeline.warehouse.schema import BULK_COLUMNS
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
@@ -128,7 +129,7 @@ def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path,
     db = tmp_path / "warehouse.duckdb"
     result = dg.materialize(
         [company_house_bulk],
-        resources={"warehouse": WarehouseResource(duckdb_path=str(db))},
+        resources={"warehouse": WarehouseResource(duckdb_path=str(db), data_dir=str(tmp_path))},
         run_config={"ops": {"company_house_bulk": {"config": {"sample_rows": 2_000}}}},
     )
     assert result.success

@@ -32,7 +32,7 @@ from ch_pipeline.companies_house.bulk_csv import HEADER, write_sample
 from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.warehouse import bulk_load
-from ch_pipeline.warehouse.bulk_load import load_duckdb
+from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 
 CSV_NAME = "BasicCompanyDataAsOneFile-2026-11-01.csv"

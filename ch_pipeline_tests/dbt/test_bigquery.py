@@ -15,8 +15,7 @@ import pytest
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.dbt import DBT_PROJECT_DIR, ch_dbt_models, dbt_resource
 from ch_pipeline.kafka.offsets import OffsetRange
-from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
-from ch_pipeline.warehouse.bulk_load import load_bigquery
+from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, arrow_schema
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401

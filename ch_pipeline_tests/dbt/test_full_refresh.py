@@ -21,8 +21,7 @@ import pytest
 
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
-from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
-from ch_pipeline.warehouse.bulk_load import load_bigquery
+from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import (

@@ -153,7 +153,7 @@ def test_graphql_refuses_resource_config_for_the_deployed_job(tmp_path: Path):
         ... on RunConfigValidationInvalid { errors { message } }
       }
     }"""
-    attack = {"resources": {
+    attack = {**LANDING_CONFIG, "resources": {
         "kafka": {"config": {"bootstrap_servers": "127.0.0.1:1", "security_protocol": "SASL_PLAINTEXT",
                              "sasl_password": {"env": "CH_STREAM_API_KEY"}}},
         "warehouse": {"config": {"duckdb_path": str(tmp_path / "elsewhere.duckdb")}},
@@ -163,7 +163,7 @@ def test_graphql_refuses_resource_config_for_the_deployed_job(tmp_path: Path):
     )
     with dg.instance_for_test() as instance, in_process_test_workspace(instance, origin) as context:
         selector = infer_job_selector(context, "company_house_stream_job")
-        valid = execute_dagster_graphql(context, query, {"selector": selector, "config": {}}).data["isPipelineConfigValid"]
+        valid = execute_dagster_graphql(context, query, {"selector": selector, "config": LANDING_CONFIG}).data["isPipelineConfigValid"]
         refused = execute_dagster_graphql(context, query, {"selector": selector, "config": attack}).data["isPipelineConfigValid"]
         assert instance.get_runs() == []
     assert valid["__typename"] == "PipelineConfigValidationValid"

@@ -25,7 +25,7 @@ from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key
-from ch_pipeline.warehouse.bulk_load import load_bigquery
+from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import connect, create_stream_tables
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema

@@ -1,0 +1,90 @@
+"""The bulk snapshot -> ``company_house_bulk``: one cleaning query, written once, with the few dialect
+differences passed in (docs/architecture.md §3: quoted fields, DD/MM/YYYY, title-case statuses),
+and the load steps every warehouse shares (``load_cleaned``). Nothing goes through pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, BULK_STATUS_TO_STREAM, check_header, column_name
+from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, HEADER_LINE_LIMIT, BulkLimits, Progress, local_csv
+from ch_pipeline.warehouse.schema import BULK_COLUMNS
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL that differs between warehouses in the cleaning query (each warehouse module has its own)."""
+
+    regexp_replace_all: Callable[[str, str, str], str]
+    parse_dmy_date: Callable[[str], str]
+    month_start: Callable[[str], str]
+
+
+def _status_sql(value: str, dialect: Dialect) -> str:
+    """Bulk status -> the stream's enumeration; an unknown status becomes a lower-case slug."""
+    key = f"lower(trim({value}))"
+    cases = " ".join(f"when '{bulk}' then '{stream}'" for bulk, stream in BULK_STATUS_TO_STREAM.items())
+    slug = dialect.regexp_replace_all(key, "[^a-z0-9]+", "-")
+    return f"case {key} {cases} else nullif({slug}, '') end"
+
+
+def _postcode_sql(value: str, dialect: Dialect) -> str:
+    """Upper case, single inner space, NULL when blank: the form the stream carries."""
+    return f"nullif({dialect.regexp_replace_all(f'upper(trim({value}))', '[[:space:]]+', ' ')}, '')"
+
+
+def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
+    """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `raw_relation`.
+
+    One row per company: the published file has no company twice, but a repeat must not break the
+    core's unique key; which row is kept is deterministic (the greatest name), on both engines.
+    """
+    col = {ours: column_name(theirs) for ours, theirs in BULK_SOURCE_COLUMNS.items()}
+    created = dialect.parse_dmy_date(col["date_of_creation"])
+    expressions = {
+        "company_name": f"nullif(trim({col['company_name']}), '')",
+        "company_number": f"upper(trim({col['company_number']}))",
+        "company_status": _status_sql(col["company_status"], dialect),
+        "date_of_creation": created,
+        "postal_code": _postcode_sql(col["postal_code"], dialect),
+        "month_of_creation": dialect.month_start(created),
+    }
+    assert list(expressions) == [c.name for c in BULK_COLUMNS], "cleaning must produce BULK_COLUMNS in order"
+    select_list = ",\n  ".join(f"{sql} as {name}" for name, sql in expressions.items())
+    return (
+        f"select\n  {select_list}\nfrom {raw_relation}\n"
+        f"where nullif(trim({col['company_number']}), '') is not null\n"
+        f"qualify row_number() over (\n"
+        f"  partition by upper(trim({col['company_number']})) order by trim({col['company_name']}) desc\n) = 1"
+    )
+
+
+
+def staging_columns(path: Path) -> list[str]:
+    """The SQL names of the CSV's columns in file order, matched by header name (``check_header``):
+    the staging columns every warehouse reads the file into, so the cleaning query finds each needed
+    column by name wherever it stands."""
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        return check_header(stream.readline(HEADER_LINE_LIMIT))
+
+
+def load_cleaned(
+    source: str,
+    target: str,
+    dialect: Dialect,
+    stage: Callable[[Path], str],
+    execute: Callable[[str], None],
+    progress: Progress = print,
+    limits: BulkLimits = DEFAULT_LIMITS,
+) -> None:
+    """The bulk load of every warehouse: the CSV that ``source`` names, on local disk within
+    ``limits``; ``stage(path)`` makes it readable as all-text columns named by ``staging_columns``
+    and returns the relation to read; ``execute`` runs the one statement that replaces ``target``
+    (quoted for the dialect) with the cleaned rows."""
+    with local_csv(source, progress, limits) as path:
+        raw = stage(path)
+        progress(f"cleaning {path.name} -> {target}")
+        execute(f"create or replace table {target} as\n{cleaning_select(raw, dialect)}")
