@@ -49,7 +49,10 @@ $(BQ_STAMP): $(STAMP) ch_pipeline_tests/bigquery_emulator.py
 	@$(BIN)/python -m ch_pipeline_tests.bigquery_emulator && touch $@ || \
 	  echo "note: .venv-bq could not be created; the BigQuery emulator tests will be skipped"
 
+# `dg check defs` first: the code location as pyproject.toml's [tool.dg] declares it loads, and its
+# definitions and their config are valid, in seconds, before the suite's minutes.
 test: $(STAMP) browser postgres $(BQ_STAMP)
+	$(BIN)/dg check defs
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

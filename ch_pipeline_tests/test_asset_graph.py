@@ -26,10 +26,10 @@ def test_asset_graph_matches_the_design():
         for key in graph.get_all_asset_keys()
     }
     assert lineage == EXPECTED_LINEAGE
-    # Only the stream asset is partitioned, by the dynamic offset-range partitions.
-    partitioned = {key.to_user_string(): graph.get(key).partitions_def for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
-    assert list(partitioned) == ["company_house_stream"]
-    assert isinstance(partitioned["company_house_stream"], dg.DynamicPartitionsDefinition)
+    # Nothing is partitioned: a landing is a run carrying its offsets (docs/architecture.md §14), so
+    # nothing Dagster does grows with the number of landings.
+    partitioned = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
+    assert partitioned == set()
     # The API and the topic are external: the producer feeds the topic, Dagster does not.
     assert {k.to_user_string() for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable} == {
         "companies_house_streaming_api",
@@ -40,6 +40,45 @@ def test_asset_graph_matches_the_design():
 
 
 def test_sensors_and_resources():
-    assert {s.name for s in defs.sensors} == {"company_house_kafka_sensor", "ch_dbt_automation"}
+    assert {s.name for s in defs.sensors} == {"company_house_kafka_sensor", "ch_dbt_automation", "dagster_history_retention"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
     assert set(defs.resources) == {"kafka", "warehouse", "dbt"}
+
+
+# Every key the code location serves. `definitions.py` finds them in the defs/ folder
+# (`dg.load_from_defs_folder`): a module added, removed or defining a twin shows up here.
+EXPECTED_DEFINITIONS = {
+    "assets": sorted(EXPECTED_LINEAGE),
+    "asset_checks": [
+        "company_house_core:accepted_values_company_house_core_company_status__active__dissolved__liquidation__receivership__converted_closed__voluntary_arrangement__insolvency_proceedings__administration__open__closed__registered__removed",
+        "company_house_core:not_null_company_house_core_company_number",
+        "company_house_core:unique_company_house_core_company_number",
+        "company_house_deletions:not_null_company_house_deletions_company_number",
+        "company_house_deletions:unique_company_house_deletions_company_number",
+        "get_last_timestamp:never_decreases_get_last_timestamp_last_offset__previous_last_offset",
+        "get_last_timestamp:not_null_get_last_timestamp_kafka_partition",
+        "get_last_timestamp:not_null_get_last_timestamp_last_offset",
+        "get_last_timestamp:unique_get_last_timestamp_kafka_partition",
+        "get_last_timestamp:watermark_covers_snapshot_get_last_timestamp_",
+        "snapshot_streamed_data:accepted_values_snapshot_streamed_data_event_type__changed__deleted",
+        "snapshot_streamed_data:not_null_snapshot_streamed_data_company_number",
+        "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
+    ],
+    "sensors": ["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention"],
+    "schedules": [],
+    "jobs": ["__ASSET_JOB", "company_house_stream_job"],
+    "resources": ["dbt", "kafka", "warehouse"],
+}
+
+
+def test_definitions_snapshot():
+    graph = defs.resolve_asset_graph()
+    repository = defs.get_repository_def()
+    assert {
+        "assets": sorted(key.to_user_string() for key in graph.get_all_asset_keys()),
+        "asset_checks": sorted(f"{key.asset_key.to_user_string()}:{key.name}" for key in graph.asset_check_keys),
+        "sensors": sorted(sensor.name for sensor in repository.sensor_defs),
+        "schedules": sorted(schedule.name for schedule in repository.schedule_defs),
+        "jobs": sorted(repository.job_names),
+        "resources": sorted(defs.resources),
+    } == EXPECTED_DEFINITIONS

@@ -1,4 +1,4 @@
-{#- MERGE that also deletes (DESIGN §6: a `deleted` event removes the company).
+{#- MERGE that also deletes (docs/architecture.md §6: a `deleted` event removes the company).
     dbt's `merge` strategy only upserts; a separate DELETE statement would need a second DML (and
     the offline BigQuery emulator refuses DELETE statements), so the deletion rides in the MERGE:
     a model sets `merge_delete_when` (a condition on DBT_INTERNAL_SOURCE); matched rows meeting it

@@ -1,4 +1,4 @@
-"""The Companies House bulk snapshot, BasicCompanyDataAsOneFile (DESIGN §3), and a realistic sample.
+"""The Companies House bulk snapshot, BasicCompanyDataAsOneFile (docs/architecture.md §3), and a realistic sample.
 
 Format facts (the published monthly file, ~5.5M rows, ~2.7 GB unzipped, shipped as a .zip):
 every field is quoted, lines end in CRLF, dates are ``DD/MM/YYYY``, several header names carry a
@@ -187,25 +187,13 @@ def sample_rows(rows: int, seed: int = 0) -> Iterator[list[str]]:
         yield row
 
 
-def _quoted(row: list[str]) -> str:
-    return ",".join('"' + value.replace('"', '""') + '"' for value in row)
-
-
 def write_sample(path: Path, rows: int = 100_000, seed: int = 0) -> Path:
     """Write a sample BasicCompanyDataAsOneFile CSV (or .zip, by suffix) with `rows` companies."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = ",".join(HEADER) + "\r\n"
 
     def write(stream) -> None:
-        stream.write(header)
-        batch: list[str] = []
-        for row in sample_rows(rows, seed):
-            batch.append(_quoted(row))
-            if len(batch) == 10_000:
-                stream.write("\r\n".join(batch) + "\r\n")
-                batch.clear()
-        if batch:
-            stream.write("\r\n".join(batch) + "\r\n")
+        stream.write(",".join(HEADER) + "\r\n")  # the header line as published: not quoted
+        csv.writer(stream, quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerows(sample_rows(rows, seed))
 
     if path.suffix == ".zip":
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:

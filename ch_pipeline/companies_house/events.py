@@ -5,7 +5,7 @@ The small public API (used by the replay server, the producer and the tests of e
 - ``generate_events(n, seed=0, first_timepoint=1)`` -> ``list[dict]``: ``n`` distinct events with
   consecutive integer timepoints, in stream order, plus the occasional duplicate (the same event
   sent again, same timepoint, right after the original), so ``len(result) >= n``. Deterministic for
-  a seed. Each item is a full envelope (DESIGN §3); ``deleted`` events have no ``data``.
+  a seed. Each item is a full envelope (docs/architecture.md §3); ``deleted`` events have no ``data``.
 - ``event_bytes(event)`` -> the exact bytes of the event's line as the replay server sends it
   (without the newline); the producer puts these bytes, unmodified, into Kafka.
 - ``write_events(path, events)`` / ``read_events(path)``: the events as an NDJSON file.

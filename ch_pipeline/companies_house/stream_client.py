@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 import requests
+import tenacity
 import urllib3
 
 from ch_pipeline.companies_house.events import company_number_of
@@ -86,20 +86,27 @@ class StreamEvent:
 class Backoff:
     """Capped exponential backoff with jitter: waits ``initial * 2**n`` up to ``cap`` seconds.
 
-    The wait is drawn from [delay/2, delay] so that many clients do not reconnect in lockstep.
-    ``at_least`` (the server's Retry-After, already clamped by ``retry_after_seconds``) can make
-    it longer than ``cap``: the server knows its rate-limit window better than our cap does.
+    The wait is drawn from [delay/2, delay] so that many clients do not reconnect in lockstep:
+    tenacity's fixed exponential wait for the first half plus its random ("full jitter") exponential
+    wait for the second. ``at_least`` (the server's Retry-After, already clamped by
+    ``retry_after_seconds``) can make it longer than ``cap``: the server knows its rate-limit window
+    better than our cap does.
     """
 
     initial: float = 1.0
     cap: float = 60.0
     attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
+    _wait: tenacity.wait.wait_base = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        half = {"multiplier": self.initial / 2, "max": self.cap / 2}
+        self._wait = tenacity.wait_exponential(**half) + tenacity.wait_random_exponential(**half)
 
     def next_delay(self, at_least: float = 0.0) -> float:
-        delay = min(self.cap, self.initial * 2**self.attempt)
         self.attempt += 1
-        jittered = self.rng.uniform(delay / 2, delay)
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = self.attempt
+        jittered = self._wait(state)
         # max() with NaN returns NaN and Event.wait(NaN) does not wait: no floor unless finite.
         return max(at_least, jittered) if math.isfinite(at_least) else jittered
 

@@ -1,1 +1,2 @@
-"""Dagster wiring only: assets, sensors, checks and resources, composed in ``definitions.py``."""
+"""Dagster wiring only: every module-level asset, check, job and sensor here is loaded by
+``definitions.py`` (``dg.load_from_defs_folder``), which adds the resources."""

@@ -1,21 +1,21 @@
 """The dbt models as Dagster assets, with their freshness promise and the automation that keeps it.
 
-The tutorial ran three dbt Cloud jobs on cron offsets (snapshot at :00/:20/:40, core + watermark at
-:10/:30/:50) so one finished before the next began. Here the lineage orders them instead: after new
-stream partitions land, the automation sensor requests snapshot -> tombstones -> core -> watermark
-in the same tick, so they run as one ``dbt build`` (the order inside it comes from the dbt DAG).
-The old crons survive only as the deadlines of the freshness policies.
+The lineage orders the models: after new stream data lands, the automation sensor requests
+snapshot -> tombstones -> core -> watermark in one tick, so they run as one ``dbt build`` (the order
+inside it comes from the dbt DAG). Freshness policies are the deadlines (docs/architecture.md §7).
 """
 
+import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliInvocation, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
 from ch_pipeline.settings import dbt_build_target_path, Settings, sensor_interval_seconds
@@ -34,15 +34,31 @@ def dbt_executable() -> str:
 
 
 def prepare_manifest(project: DbtProject = ch_dbt_project) -> Path:
-    """The manifest ``@dbt_assets`` is built from, parsed whenever it is missing (a fresh clone:
-    ``ch_dbt/target`` is not committed) or older than the project files (edits under ``dagster dev``)."""
-    # Not project.prepare_if_dev(): it runs a bare `dbt`, which is not on PATH when the venv is not
-    # activated (`.venv/bin/dagster dev`); this re-parses whenever a project file changed instead.
+    """The manifest ``@dbt_assets`` is built from, prepared by dagster-dbt (``DbtProject.preparer``:
+    ``dbt deps`` when the project has packages, ``dbt parse``, a lock against concurrent loads)
+    whenever it is missing (a fresh clone: ``ch_dbt/target`` is not committed) or older than a
+    project file (an edit), wherever the code loads.
+
+    ``DbtProject.prepare_if_dev()`` alone would not do: it prepares only under ``dagster dev``, so
+    tests, the daemon, ``dg check defs`` and the code server would load a stale or missing manifest.
+    The image ships a parsed manifest (Dockerfile), so there this parses nothing.
+    """
     if _manifest_is_stale(project):
-        DbtCliResource(project_dir=project, dbt_executable=dbt_executable()).cli(
-            ["parse", "--quiet"], target_path=project.target_path
-        ).wait()
+        with _dbt_on_path():
+            project.preparer.prepare(project)
     return project.manifest_path
+
+
+@contextmanager
+def _dbt_on_path() -> Iterator[None]:
+    """dagster-dbt's preparer runs ``dbt`` from PATH, which lacks the venv when it is not activated
+    (`.venv/bin/dagster dev`, `.venv/bin/dg check defs`): put the interpreter's bin directory first."""
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(dbt_executable()).parent), path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 def _manifest_is_stale(project: DbtProject) -> bool:
@@ -171,49 +187,8 @@ class ChDbtTranslator(DagsterDbtTranslator):
 # The dbt unit tests (ch_dbt/models/core/*unit_tests.yml) check the SQL, not the data: they run in the
 # test suite (ch_pipeline_tests/dbt/test_dbt_unit_tests.py), never in the pipeline's builds, where they
 # would delay every event on its way to the core (they are also disabled unless CH_DBT_UNIT_TESTS=true,
-# ch_dbt/dbt_project.yml). Row counts and column types cost one query per model
-# after it is built (on DuckDB after dbt exits, once its write lock is released; dagster-dbt waits for it).
+# ch_dbt/dbt_project.yml).
 DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
-
-
-@dbt_assets(
-    manifest=prepare_manifest(),
-    project=ch_dbt_project,
-    dagster_dbt_translator=ChDbtTranslator(),
-    pool="duckdb",  # one DuckDB writer at a time (DESIGN §11)
-    name="ch_dbt_models",
-)
-def _ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
-
-    A failed model or a failed error-severity test skips everything downstream, so the watermark
-    never advances past a batch the core did not take. Each materialization carries its row count
-    and column types (docs/architecture.md §6).
-    """
-    invocation = dbt.cli(DBT_BUILD_ARGS, context=context, target_path=dbt_build_target_path())
-    try:
-        yield from invocation.stream().fetch_row_counts().fetch_column_metadata(with_column_lineage=False)
-    finally:
-        close_duckdb_file(invocation)
-
-
-def close_duckdb_file(invocation: DbtCliInvocation) -> None:
-    """Close the DuckDB file that reading row counts and column types opened in this process.
-
-    dagster-dbt reads them through dbt-duckdb once dbt has exited (DuckDB has one writer process),
-    and dbt-duckdb keeps the file open after its last connection is released (measured: opening it
-    again in this process failed), which would lock out the next writer the warehouse pool lets in
-    while this process lives. No-op on BigQuery.
-    """
-    if invocation.adapter is None or invocation.adapter.type() != "duckdb":
-        return
-    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-
-    invocation.adapter.cleanup_connections()
-    with DuckDBConnectionManager._LOCK:
-        if DuckDBConnectionManager._ENV is not None:
-            DuckDBConnectionManager._ENV.close()
-        DuckDBConnectionManager.close_all_connections()
 
 
 def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -226,7 +201,26 @@ def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return dg.AssetsDefinition.dagster_internal_init(**{**assets.get_attributes_dict(), "can_subset": False})
 
 
-ch_dbt_models = as_one_unit(_ch_dbt_models)
+# Applied as a decorator so that the module holds only the one-unit assets: `load_from_defs_folder`
+# collects every module-level definition, and the subsettable twin would define the keys twice.
+@as_one_unit
+@dbt_assets(
+    manifest=prepare_manifest(),
+    project=ch_dbt_project,
+    dagster_dbt_translator=ChDbtTranslator(),
+    pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
+    name="ch_dbt_models",
+)
+def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
+
+    A failed model or a failed error-severity test skips everything downstream, so the watermark
+    never advances past a batch the core did not take. Column types reach the UI from the models'
+    yml (the contract's data types, docs/architecture.md §6). Row counts are not fetched: on DuckDB
+    that needs the file dbt just released, opened in this process, and holds every materialization
+    event until dbt has exited (which also moves the daemon suite's fault points).
+    """
+    yield from dbt.cli(DBT_BUILD_ARGS, context=context, target_path=dbt_build_target_path()).stream()
 
 
 def dbt_resource() -> DbtCliResource:

@@ -91,9 +91,11 @@ def production_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ch_pipeline/ and ch_dbt/ as the Dockerfile lays them out, manifest parsed for bigquery."""
+    """pyproject.toml, ch_pipeline/ and ch_dbt/ as the Dockerfile lays them out, manifest parsed for
+    bigquery. pyproject.toml declares the project whose defs/ folder definitions.py loads."""
     root = tmp_path_factory.mktemp("image")
     ignore = shutil.ignore_patterns("__pycache__", "target", "logs", "dbt_packages")
+    shutil.copyfile(REPO / "pyproject.toml", root / "pyproject.toml")
     shutil.copytree(REPO / "ch_pipeline", root / "ch_pipeline", ignore=ignore)
     shutil.copytree(REPO / "ch_dbt", root / "ch_dbt", ignore=ignore)
     env = {"PATH": os.environ["PATH"], "HOME": str(root), "DBT_TARGET": "bigquery"}

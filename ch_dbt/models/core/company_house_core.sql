@@ -6,7 +6,7 @@
     merge_delete_when="DBT_INTERNAL_SOURCE.merge_action = 'delete'",
     on_schema_change='append_new_columns',
 ) }}
-{#- The current state of every company (DESIGN §6): the bulk snapshot as baseline, the stream's
+{#- The current state of every company (docs/architecture.md §6): the bulk snapshot as baseline, the stream's
     events merged on top. The merge source has one row per company (the snapshot guarantees it),
     so MERGE never sees two source rows for one target row (BigQuery rejects that). Clustering by
     company_number serves that MERGE's join on BigQuery; DuckDB ignores it.

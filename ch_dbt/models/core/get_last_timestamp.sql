@@ -1,5 +1,5 @@
 {{ config(materialized='incremental', incremental_strategy='merge', unique_key='kafka_partition') }}
-{#- The watermark: per Kafka partition, how far the stream has been applied to the core (DESIGN §6).
+{#- The watermark: per Kafka partition, how far the stream has been applied to the core (docs/architecture.md §6).
     Built from what the snapshot read, never from the stream table (which may have grown since).
     An empty snapshot merges no rows, so the watermark is unchanged; GREATEST keeps it monotonic.
     A rebuild (--full-refresh) replaces the table: it is rebuilt from the snapshot AND the table it

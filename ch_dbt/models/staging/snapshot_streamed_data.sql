@@ -1,4 +1,4 @@
-{#- Stream rows not yet applied, one per company (DESIGN §6): its newest event in the order of
+{#- Stream rows not yet applied, one per company (docs/architecture.md §6): its newest event in the order of
     macros/event_order.sql, with the fields that order it (order_time, timepoint, Kafka partition, offset).
     "Not yet applied" is exact per Kafka partition: offset beyond the watermark (no timestamp ties,
     no late-arrival loss), or landed after the watermark was taken (an earlier offset range that
