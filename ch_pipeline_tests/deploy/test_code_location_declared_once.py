@@ -50,3 +50,20 @@ def test_workspaces_and_commands_name_the_declared_location():
     (cmd,) = re.findall(r"^CMD (.*)$", (REPO / "Dockerfile").read_text(), re.M)
     argv = yaml.safe_load(cmd) if cmd.startswith("[") else shlex.split(cmd)
     assert argv[argv.index("-m") + 1] == module
+
+
+def test_no_other_file_names_another_module_or_location():
+    """Code that must name the location (a process started with `-m`, a ModuleTarget) names the
+    declared one: a rename in pyproject.toml that misses one of them fails here."""
+    import subprocess
+
+    module, location = declared()
+    files = subprocess.run(["git", "ls-files", "ch_pipeline", "benchmarks", "Dockerfile", "docker-compose.yml"],
+                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    modules, locations = set(), set()
+    for name in files:
+        text = (REPO / name).read_text(errors="replace")
+        modules.update(re.findall(r"""["']-m["'],\s*["']([\w.]+\.definitions)["']""", text))
+        modules.update(re.findall(r"""module_name\s*=\s*["']([\w.]+)["']""", text))
+        locations.update(re.findall(r"""location_name\s*=\s*["']([\w.-]+)["']""", text))
+    assert modules == {module} and locations <= {location}, (modules, locations)
