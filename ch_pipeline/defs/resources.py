@@ -153,9 +153,9 @@ class WarehouseResource(DeployedResource):
 
     def bigquery_client(self) -> "bigquery.Client":
         """A BigQuery client for ``gcp_project``; anonymous against ``bigquery_api_endpoint`` (an emulator)."""
-        from ch_pipeline.warehouse.bigquery_warehouse import make_client
+        from ch_pipeline.warehouse.bigquery_warehouse import client_from_config
 
-        return make_client(self.gcp_project, self.bigquery_location, self.bigquery_api_endpoint, self.gcp_credentials_path)
+        return client_from_config(self)
 
     def warehouse(self) -> "Warehouse":
         """The configured warehouse implementation (``kind``), built from these fields."""

@@ -71,6 +71,11 @@ def make_client(project: str | None, location: str | None, api_endpoint: str | N
     return bigquery.Client(project=project, location=location)
 
 
+def client_from_config(config):
+    """``make_client`` for the warehouse resource's ``gcp_project``, location, endpoint and credentials."""
+    return make_client(config.gcp_project, config.bigquery_location, config.bigquery_api_endpoint, config.gcp_credentials_path)
+
+
 def staging_table_name(table: str, stream_partition: str) -> str:
     """One staging table per (table, stream partition): concurrent landings never share one."""
     return f"{table}__landing_{hashlib.sha256(stream_partition.encode()).hexdigest()[:16]}"
@@ -181,10 +186,7 @@ class BigQueryWarehouse:
         """``gcp_project``.``bigquery_dataset`` (both needed), with a client from ``make_client``."""
         if not (config.gcp_project and config.bigquery_dataset):
             raise ValueError("CH_WAREHOUSE=bigquery needs GCP_PROJECT and BIGQUERY_DATASET: set both")
-        client = make_client(
-            config.gcp_project, config.bigquery_location, config.bigquery_api_endpoint, config.gcp_credentials_path
-        )
-        return cls(client, config.gcp_project, config.bigquery_dataset, config.bigquery_location)
+        return cls(client_from_config(config), config.gcp_project, config.bigquery_dataset, config.bigquery_location)
 
     def load_bulk(self, source: str, progress: Progress = print, limits: BulkLimits | None = None) -> int:
         return load_bigquery(self.client, self.dataset, source, progress=progress, limits=limits or DEFAULT_LIMITS)
