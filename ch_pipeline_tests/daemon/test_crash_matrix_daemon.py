@@ -235,6 +235,7 @@ def test_dbt_build_killed_at_every_attempt_at_the_tail(stack: DaemonStack, recor
     chain: list = []
     # Each attempt is held before dbt starts (its pool slot taken) and killed there: none of them
     # writes anything, whatever the machine's load, so only a new build can take the burst.
+    faults.clear_fired(stack.fault_dir, faults.DBT_HOLD_BUILD)  # fired by an earlier test of the module
     faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))
     stack.release(60)
     for attempt in range(attempts):
