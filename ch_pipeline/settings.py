@@ -162,21 +162,20 @@ def sensor_interval_seconds(default: int) -> int:
     Read when the code location loads (sensor intervals are part of the definitions). The default
     suits production (a run costs ~5 s of a 2-core machine, docs/architecture.md §11); demos and tests shorten it.
     """
-    value = _env("CH_SENSOR_INTERVAL_SECONDS")
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"CH_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {value!r}")
-    return int(value)
+    return _positive_whole_number("CH_SENSOR_INTERVAL_SECONDS", default, "seconds")
 
 
 def history_retention_days(default: int) -> int:
     """``CH_HISTORY_RETENTION_DAYS``: how many days of runs the Dagster instance keeps (at least 1)."""
-    value = _env("CH_HISTORY_RETENTION_DAYS")
+    return _positive_whole_number("CH_HISTORY_RETENTION_DAYS", default, "days")
+
+
+def _positive_whole_number(name: str, default: int, unit: str) -> int:
+    value = _env(name)
     if value is None:
         return default
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"CH_HISTORY_RETENTION_DAYS must be a whole number of days >= 1, got {value!r}")
+        raise ValueError(f"{name} must be a whole number of {unit} >= 1, got {value!r}")
     return int(value)
 
 
