@@ -87,7 +87,7 @@ def test_run_workers_killed_mid_landing_and_mid_build(stack: DaemonStack, record
     """Landing run workers SIGKILL themselves inside the DuckDB transaction before COMMIT, before the
     write, and after the commit before Dagster recorded the materialization; dbt run workers (and
     their ``dbt`` child) are SIGKILLed by the test between snapshot and core and between core and
-    watermark, on incremental builds. Two bursts of events, so the faults hit several partitions.
+    watermark, on incremental builds. Two bursts of events, so the faults hit several landings.
 
     Recovery, all by the pipeline: the code server marks each run failed, run monitoring frees its
     ``duckdb`` pool slot, run retries re-launch it (a landing replaces its offsets; a dbt retry
@@ -130,7 +130,7 @@ def test_run_workers_killed_mid_landing_and_mid_build(stack: DaemonStack, record
                 pending.add(faults.dbt_hold_after(CORE))
         if not second_burst and any(run_kind(r) == "dbt" and r.status != DagsterRunStatus.QUEUED for r in stack.runs()):
             # A second burst once a build has started: its landing comes after that build, so an
-            # incremental build follows (where the dbt faults fire), and more partitions to kill.
+            # incremental build follows (where the dbt faults fire), and more landings to kill.
             stack.release(150)
             second_burst = True
         time.sleep(0.2)
@@ -173,7 +173,7 @@ def test_quiet_tail_reaches_the_core_including_a_landing_behind_a_build(stack: D
     """After the last event, with no further data, the core reaches it within one sensor interval +
     one landing + one build (+ margin). Twice: a plain burst; then a burst whose dbt build is held
     (a marker-armed sleep, the ``duckdb`` pool slot held) while the final burst arrives, so that
-    the last partition's landing queues behind the build in the pool and lands just after that
+    the last landing queues behind the build in the pool and lands just after that
     build started (the race that once lost the trigger): the automation must still request the
     build that takes it.
 
@@ -201,16 +201,16 @@ def test_quiet_tail_reaches_the_core_including_a_landing_behind_a_build(stack: D
     assert held_run.dagster_run.status == DagsterRunStatus.SUCCESS
     produced_at = stack.last_event_produced_at()
     landed_at = stack.last_landing_at()
-    assert landed_at > held_run.start_time, "the last partition landed after the held build had started"
+    assert landed_at > held_run.start_time, "the last landing ended after the held build had started"
     reached_at = stack.core_reached(landed_at)
-    assert reached_at is not None, "no build took the last partition"
+    assert reached_at is not None, "no build took the last landing"
     held_tail = reached_at - max(produced_at, held_run.end_time)
 
     build_seconds = [done - start for _, start, done in stack.builds()]
     record_outcome(ScenarioOutcome(
         "quiet tail",
-        f"none; then the last partition queued behind a build held {HOLD_BUILD_SECONDS}s",
-        f"plain: core reached the last event {plain_tail:.1f}s after it entered Kafka; held: the last partition landed "
+        f"none; then the last landing queued behind a build held {HOLD_BUILD_SECONDS}s",
+        f"plain: core reached the last event {plain_tail:.1f}s after it entered Kafka; held: the last landing ended "
         f"{landed_at - held_run.end_time:+.1f}s after the held build ended, the core reached it {held_tail:.1f}s after "
         f"that build ended (dbt builds took {min(build_seconds):.0f}-{max(build_seconds):.0f}s)",
         max(plain_tail, held_tail), QUIET_TAIL_BOUND, "exact" if verdict.ok else verdict.summary(),
@@ -278,7 +278,7 @@ def test_producer_daemon_and_code_server_killed(stack: DaemonStack, record_outco
 
     The daemon is not killed while it launches a run: that run stays STARTING with no worker
     until run monitoring fails it after ``start_timeout_seconds`` (180 s in dagster.yaml), and run
-    retries then land it (measured: a 183 s stall of that partition, then converged exactly).
+    retries then land it (measured: a 183 s stall of that landing, then converged exactly).
 
     Measured here (shared 2-core machine): converged 38-77 s after the last kill.
     """
@@ -351,14 +351,14 @@ def test_producer_daemon_and_code_server_killed(stack: DaemonStack, record_outco
 def test_code_server_killed_while_the_daemon_launches_a_run(stack: DaemonStack, record_outcome):
     """The code server is SIGKILLed while the daemon's run queue is launching a landing run through
     it (``StartRun`` in flight, the run STARTING), and restarted. The launch fails; the run must
-    come back (re-queued, or retried) and land its partition, and the pipeline converge.
+    come back (re-queued, or retried) and land its offsets, and the pipeline converge.
 
     Found by this suite, and failing with the project's dagster.yaml as it is: the queue marks the
     run failed ("Caught an unrecoverable error while dequeuing the run"), run retries cannot create
     the retry while the code server is down ("Failed to retry run", ``dagster/will_retry=false``),
-    and nothing requests that partition again: its offsets never land. With the run coordinator's
+    and nothing requests those offsets again: its offsets never land. With the run coordinator's
     ``max_user_code_failure_retries`` set, the queue re-submits the run instead and it lands
-    (measured: converged 50 s after two such kills). Last in the module: the lost partition keeps
+    (measured: converged 50 s after two such kills). Last in the module: the lost landing keeps
     any later scenario from converging.
     """
     _start_from_converged(stack)
