@@ -28,10 +28,6 @@ from pathlib import Path
 
 import click
 
-# ch_pipeline_tests/daemon/stack.py imports the verdict's names from here (``_normalise`` is now
-# ``demo_verdict.normalise``); new code imports them from ch_pipeline.demo_verdict.
-from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core  # noqa: F401
-from ch_pipeline.demo_verdict import normalise as _normalise  # noqa: F401
 from ch_pipeline.kafka.broker import BrokerError, LocalBroker, port_is_taken
 from ch_pipeline.kafka.checkpoint import write_checkpoint
 from ch_pipeline.processes import Child, stop_children, stop_requested, venv_executable

@@ -43,7 +43,8 @@ from ch_pipeline.defs.stream import OFFSETS_TAG, company_house_stream_job
 from ch_pipeline.kafka.broker import LocalBroker, free_port
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
-from ch_pipeline.local_stack import COMPARED_COLUMNS, _normalise, expected_core, prepare_dagster_home
+from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
+from ch_pipeline.local_stack import prepare_dagster_home
 from ch_pipeline.warehouse.schema import REJECTS_TABLE, STREAM_TABLE
 from ch_pipeline_tests.daemon import faults
 
@@ -676,7 +677,7 @@ class DaemonStack:
         landed = {(p, o) for p, o, _ in held}
         expected = expected_core(bulk, self.served_events())
         differing = sorted(
-            n for n in expected.keys() | core.keys() if n not in core or n not in expected or _normalise(core[n]) != _normalise(expected[n])
+            n for n in expected.keys() | core.keys() if n not in core or n not in expected or normalise(core[n]) != normalise(expected[n])
         )
         return Verdict(
             kafka_ends=dict(ends),
