@@ -8,8 +8,8 @@ from ch_pipeline.definitions import defs
 
 # asset -> its upstream assets, as the lineage graph shows them
 EXPECTED_LINEAGE = {
-    "companies_house_streaming_api": set(),
-    "company_house_topic": {"companies_house_streaming_api"},
+    "company_house_streaming_api": set(),
+    "company_house_topic": {"company_house_streaming_api"},
     "company_house_stream": {"company_house_topic"},
     "company_house_bulk": set(),
     "snapshot_streamed_data": {"company_house_stream"},
@@ -32,7 +32,7 @@ def test_asset_graph_matches_the_design():
     assert partitioned == set()
     # The API and the topic are external: the producer feeds the topic, Dagster does not.
     assert {k.to_user_string() for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable} == {
-        "companies_house_streaming_api",
+        "company_house_streaming_api",
         "company_house_topic",
     }
     # One group for the whole path, so the lineage page opens on all of it.

@@ -8,8 +8,8 @@ import dagster as dg
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
 
-companies_house_stream_api = dg.AssetSpec(
-    key="companies_house_streaming_api",
+company_house_streaming_api = dg.AssetSpec(
+    key="company_house_streaming_api",
     description="Companies House streaming API, /companies (HTTP long-lived NDJSON, resumable by timepoint).",
     group_name=ASSET_GROUP,
     kinds={"api"},
@@ -22,7 +22,7 @@ company_house_topic = dg.AssetSpec(
     "value = the original event JSON. Fed by `ch-pipeline produce`.",
     group_name=ASSET_GROUP,
     kinds={"kafka"},
-    deps=[companies_house_stream_api],
+    deps=[company_house_streaming_api],
 )
 
-source_specs = [companies_house_stream_api, company_house_topic]
+source_specs = [company_house_streaming_api, company_house_topic]

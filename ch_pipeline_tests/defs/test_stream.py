@@ -162,7 +162,7 @@ def test_definitions_wire_the_sensor_and_the_lineage():
     assert defs.resolve_job_def("company_house_stream_job").executor_def.name == "in_process"
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("company_house_topic") in graph.get(company_house_stream.key).parent_keys
-    assert dg.AssetKey("companies_house_streaming_api") in graph.get(dg.AssetKey("company_house_topic")).parent_keys
+    assert dg.AssetKey("company_house_streaming_api") in graph.get(dg.AssetKey("company_house_topic")).parent_keys
 
 
 def test_a_cursor_past_the_end_cuts_nothing_and_says_why(instance, kafka):

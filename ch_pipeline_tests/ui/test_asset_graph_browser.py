@@ -21,7 +21,7 @@ from ch_pipeline.kafka.broker import free_port
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ASSETS_ON_GRAPH = [
-    "companies_house_streaming_api",
+    "company_house_streaming_api",
     "company_house_topic",
     "company_house_stream",
     "company_house_bulk",
