@@ -96,6 +96,9 @@ class ChildProcesses:
         stop_children(self._children.values())
 
 
+LOCAL_HISTORY_RETENTION_DAYS = 2
+
+
 @dataclass
 class LocalStack:
     """Broker + topic + replay server + producer, and the environment every child shares."""
@@ -156,6 +159,8 @@ class LocalStack:
             env.pop(name, None)
         if self.sensor_interval:
             env["CH_SENSOR_INTERVAL_SECONDS"] = str(self.sensor_interval)
+        # A laptop keeps two days of runs (each run's files are ~156 KB on local SQLite), unless told otherwise.
+        env.setdefault("CH_HISTORY_RETENTION_DAYS", str(LOCAL_HISTORY_RETENTION_DAYS))
         return env
 
     def start_producer(self, max_events: int | None = None) -> None:

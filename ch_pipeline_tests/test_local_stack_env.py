@@ -54,3 +54,18 @@ def test_production_credentials_in_the_shell_never_reach_the_local_stack(tmp_pat
                  "CH_STREAM_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "GCP_PROJECT", "BIGQUERY_DATASET"):  # fmt: skip
         assert name not in env
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:1" and env["CH_WAREHOUSE"] == "duckdb"
+
+
+def test_the_local_stack_keeps_two_days_of_runs_unless_told_otherwise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A laptop's instance stays small (docs/architecture.md §14); a value in the shell wins."""
+    monkeypatch.setenv("CH_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CH_HISTORY_RETENTION_DAYS", raising=False)
+
+    class Running:
+        bootstrap_servers, url = "127.0.0.1:1", "http://127.0.0.1:2/companies"
+
+    stack = LocalStack(Settings.from_env(), events=1, rate=None)
+    stack.broker, stack.replay = Running(), Running()
+    assert stack.env()["CH_HISTORY_RETENTION_DAYS"] == "2"
+    monkeypatch.setenv("CH_HISTORY_RETENTION_DAYS", "30")
+    assert stack.env()["CH_HISTORY_RETENTION_DAYS"] == "30"
