@@ -45,6 +45,7 @@ from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
 from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
 from ch_pipeline.local_stack import prepare_dagster_home
+from ch_pipeline.processes import StartedInWith
 from ch_pipeline.warehouse.schema import REJECTS_TABLE, STREAM_TABLE
 from ch_pipeline_tests.daemon import faults
 
@@ -238,7 +239,7 @@ class NotConverged(AssertionError):
 # --- the stack ------------------------------------------------------------------------------
 
 
-class DaemonStack:
+class DaemonStack(StartedInWith):
     """``with DaemonStack(root, StackConfig(...)) as stack:`` every process running, stopped after."""
 
     def __init__(self, root: Path, config: StackConfig | None = None) -> None:
@@ -259,17 +260,6 @@ class DaemonStack:
         self._stopped = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> "DaemonStack":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
