@@ -36,19 +36,14 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.utils import make_new_run_id
 
 from ch_pipeline.defs.stream import OFFSETS_TAG, landing_run_config
+from benchmarks.postgres_scale import DBT_MODELS, TOPIC, instance_overrides
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline_tests.warehouse.messages import produce_filler
 
-TOPIC = "company_house"
 LANDINGS_PER_DAY = 24 * 3600 // 30
 REPEATS = 5
 KAFKA_SENSOR, AUTOMATION_SENSOR = "company_house_kafka_sensor", "ch_dbt_automation"
-DBT_MODELS = ("snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp")
-OVERRIDES = {
-    "run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"},
-    "concurrency": {"pools": {"default_limit": 1, "granularity": "op"}},
-    "telemetry": {"enabled": False},
-}
+OVERRIDES = instance_overrides(storage_url=None)  # the production run coordinator and duckdb pool, on SQLite
 
 ASSET_PAGE_QUERY = """
 query StreamAssetPage($key: AssetKeyInput!) {
@@ -95,19 +90,15 @@ def sensor_ticks(instance: dg.DagsterInstance, broker: LocalBroker) -> dict[str,
 
     target = ModuleTarget(module_name="ch_pipeline.definitions", attribute=None, working_directory=None, location_name="ch_pipeline")
     logger = logging.getLogger("instance_scale")
-    firing_ids = set()
     with create_test_daemon_workspace_context(target, instance) as context:
         for tick in range(2 * REPEATS):
-            fires = tick % 2 == 0
-            if fires:  # a landing ended and new messages wait: both sensors have work
+            if tick % 2 == 0:  # a landing ended and new messages wait: both sensors have work
                 produce_filler(broker.bootstrap_servers, TOPIC, {0: 100}, size=200)
                 instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": f"bench-{tick}"}))
             else:  # the automation's build started after that landing: nothing to do
                 for model in DBT_MODELS:
                     instance.report_runless_asset_event(dg.AssetMaterialization(model))
             list(execute_sensor_iteration(context, logger, threadpool_executor=None, submit_threadpool_executor=None))
-            if fires:
-                firing_ids.add(tick)
             time.sleep(1.1)  # CH_SENSOR_INTERVAL_SECONDS=1: the sensors are due again
         request = context.create_request_context()
         graphql = asset_page_seconds(request)
