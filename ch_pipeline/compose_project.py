@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 import yaml
 
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,7 @@ def self_contained_values(password: str, sensor_interval: int | None) -> dict[st
 
     Container names and paths, as an operator writes them; ``on_this_machine`` maps them.
     """
-    pipeline = {"CH_WAREHOUSE": "duckdb", "DBT_TARGET": "duckdb", "CH_BULK_CSV": "/var/lib/ch-pipeline/bulk.csv"}
+    pipeline = {"CH_WAREHOUSE": "duckdb", "DBT_TARGET": "duckdb", "CH_BULK_CSV": f"/var/lib/ch-pipeline/{published_name(SAMPLE_FILE_DATE, '.csv')}"}
     if sensor_interval:
         pipeline["CH_SENSOR_INTERVAL_SECONDS"] = str(sensor_interval)  # read by the code server
     return {

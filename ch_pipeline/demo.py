@@ -118,8 +118,9 @@ def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_int
             stack.start_replay_server()
             served = [json.loads(line) for line in stack.replay.lines]
             env = stack.env()
-            bulk_csv = root / "bulk.csv"
-            from ch_pipeline.companies_house.bulk_csv import write_sample
+            from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
+
+            bulk_csv = root / published_name(SAMPLE_FILE_DATE, ".csv")  # the file the replay's history follows
 
             write_sample(bulk_csv, bulk_rows, seed=seed)
             env["CH_BULK_CSV"] = str(bulk_csv)

@@ -130,7 +130,7 @@ class ProductionStack(StartedInWith):
 
     # --- lifecycle
     def start(self, log=lambda message: None) -> None:
-        from ch_pipeline.companies_house.bulk_csv import write_sample
+        from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
         from ch_pipeline.companies_house.replay_server import ReplayServer
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ class ProductionStack(StartedInWith):
                     ports[container_port] = self.web_port if name == "dagster-webserver" and self.web_port else free_port()
         self.place = Placement(self.root, ports, set(self.compose["services"]))
         self._write_project()
-        write_sample(self.root / "volumes" / "ch-data" / "bulk.csv", self.bulk_rows, seed=self.seed)
+        write_sample(self.root / "volumes" / "ch-data" / published_name(SAMPLE_FILE_DATE, ".csv"), self.bulk_rows, seed=self.seed)
         workdir = self.workdir(self.compose["services"]["ch-pipeline-code"])
         parse = self.image.build(self.compose["services"]["ch-pipeline-code"], self.place, workdir, self.root / "logs")
         try:

@@ -16,6 +16,7 @@ EXPECTED_LINEAGE = {
     "company_house_deletions": {"snapshot_streamed_data", "company_house_stream"},
     "company_house_core": {"snapshot_streamed_data", "company_house_deletions", "company_house_stream", "company_house_bulk"},
     "get_last_timestamp": {"snapshot_streamed_data", "company_house_core"},
+    "company_house_bulk_reconciliations": {"company_house_core"},
 }
 
 
@@ -26,10 +27,11 @@ def test_asset_graph_matches_the_design():
         for key in graph.get_all_asset_keys()
     }
     assert lineage == EXPECTED_LINEAGE
-    # Nothing is partitioned: a landing is a run carrying its offsets (docs/architecture.md §14), so
-    # nothing Dagster does grows with the number of landings.
-    partitioned = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
-    assert partitioned == set()
+    # Only the bulk file is partitioned, by month (one partition per published file). A landing is a
+    # run carrying its offsets (docs/architecture.md §14), so nothing grows with the number of landings.
+    partitioned = {key.to_user_string(): graph.get(key).partitions_def for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
+    assert list(partitioned) == ["company_house_bulk"]
+    assert isinstance(partitioned["company_house_bulk"], dg.MonthlyPartitionsDefinition)
     # The API and the topic are external: the producer feeds the topic, Dagster does not.
     assert {k.to_user_string() for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable} == {
         "company_house_streaming_api",
@@ -50,6 +52,8 @@ def test_sensors_and_resources():
 EXPECTED_DEFINITIONS = {
     "assets": sorted(EXPECTED_LINEAGE),
     "asset_checks": [
+        "company_house_bulk_reconciliations:not_null_company_house_bulk_reconciliations_file_date",
+        "company_house_bulk_reconciliations:unique_company_house_bulk_reconciliations_file_date",
         "company_house_core:accepted_values_company_house_core_company_status__active__dissolved__liquidation__receivership__converted_closed__voluntary_arrangement__insolvency_proceedings__administration__open__closed__registered__removed",
         "company_house_core:not_null_company_house_core_company_number",
         "company_house_core:unique_company_house_core_company_number",
@@ -65,8 +69,8 @@ EXPECTED_DEFINITIONS = {
         "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
     ],
     "sensors": ["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention"],
-    "schedules": [],
-    "jobs": ["__ASSET_JOB", "company_house_stream_job"],
+    "schedules": ["company_house_bulk_monthly"],
+    "jobs": ["__ASSET_JOB", "company_house_bulk_monthly_job", "company_house_stream_job"],
     "resources": ["dbt", "kafka", "warehouse"],
 }
 

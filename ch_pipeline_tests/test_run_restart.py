@@ -24,7 +24,7 @@ import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
-from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.kafka.checkpoint import read_checkpoint
@@ -50,7 +50,7 @@ class Stack:
 
     def start(self, log_name: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CH_", "DAGSTER_", "DBT_"))}
-        env.update(CH_DATA_DIR=str(self.data_dir), CH_BULK_CSV=str(write_sample(self.data_dir.parent / "bulk.csv", 2000, seed=5)))
+        env.update(CH_DATA_DIR=str(self.data_dir), CH_BULK_CSV=str(write_sample(self.data_dir.parent / published_name(SAMPLE_FILE_DATE, ".csv"), 2000, seed=5)))
         command = [str(Path(sys.executable).parent / "ch-pipeline"), "run", "--events", str(EVENTS), "--rate", str(RATE),
                    "--sensor-interval", "2", *[str(x) for pair in self.ports.items() for x in pair]]  # fmt: skip
         self.log = self.data_dir.parent / log_name

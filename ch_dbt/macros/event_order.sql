@@ -24,9 +24,10 @@ least(coalesce({{ published_at }}, {{ ch_dbt.earliest_timestamp() }}),
       {{ ch_dbt.truncate_to_second('coalesce(' ~ kafka_timestamp ~ ', ' ~ ingested_at ~ ')') }})
 {%- endmacro %}
 
-{#- ORDER BY list, newest first, over rows carrying order_time, timepoint, kafka_partition, kafka_offset. -#}
+{#- ORDER BY list, newest first, over rows carrying order_time, timepoint, kafka_partition, kafka_offset
+    (a bulk file's row has no timepoint nor Kafka coordinates: below any event of its second). -#}
 {% macro event_order_desc() -%}
-order_time desc, coalesce(timepoint, -1) desc, kafka_partition desc, kafka_offset desc
+order_time desc, coalesce(timepoint, -1) desc, coalesce(kafka_partition, -1) desc, coalesce(kafka_offset, -1) desc
 {%- endmacro %}
 
 {#- An event as the snapshot (or any relation with the order columns) carries it. -#}
@@ -61,18 +62,21 @@ order_time desc, coalesce(timepoint, -1) desc, kafka_partition desc, kafka_offse
     {{ return(event) }}
 {% endmacro %}
 
-{#- Whether event `new` (a stream_event) is newer than event `old` (a stored_event; no event at all,
-    e.g. a row from the bulk snapshot, when its offset is NULL). -#}
+{#- Whether event `new` (a stream_event, or a bulk file's fact) is newer than event `old` (a stored_event).
+    A stored row without Kafka coordinates holds a bulk file's row: at its file's instant (order_time),
+    below any event of that second; without order_time either, an undated baseline older than all. -#}
 {% macro event_is_newer(new, old) %}
 {%- set old_time = 'coalesce(' ~ old.order_time ~ ', ' ~ old.published_at ~ ', ' ~ ch_dbt.earliest_timestamp() ~ ')' -%}
 {%- set new_timepoint = 'coalesce(' ~ new.timepoint ~ ', -1)' -%}
 {%- set old_timepoint = 'coalesce(' ~ old.timepoint ~ ', -1)' -%}
 (
-    {{ old.offset }} is null
+    ({{ old.offset }} is null and {{ old.order_time }} is null)
     or {{ new.order_time }} > {{ old_time }}
     or ({{ new.order_time }} = {{ old_time }} and (
+        -- A file's row: any event of the same second is newer.
+        ({{ old.offset }} is null and {{ new.offset }} is not null)
         -- A row stored before the order columns existed: compared as it was then (offset).
-        ({{ old.partition }} is null and {{ new.offset }} > {{ old.offset }})
+        or ({{ old.partition }} is null and {{ new.offset }} > {{ old.offset }})
         or ({{ old.partition }} is not null and (
             {{ new_timepoint }} > {{ old_timepoint }}
             or ({{ new_timepoint }} = {{ old_timepoint }} and (

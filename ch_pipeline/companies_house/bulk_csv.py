@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import zipfile
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -30,6 +31,26 @@ HEADER: list[str] = [
 ]
 
 DATE_FORMAT = "%d/%m/%Y"
+
+# The monthly file as published, named by its date: the register as at 00:00 UTC that day. Only the
+# newest is online; `{file_date}` in a source (CH_BULK_CSV, run config) stands for a month's date.
+FILE_DATE_PLACEHOLDER = "{file_date}"
+PUBLISHED_URL = f"https://download.companieshouse.gov.uk/BasicCompanyDataAsOneFile-{FILE_DATE_PLACEHOLDER}.zip"
+_DATED_NAME = re.compile(r"BasicCompanyDataAsOneFile-(\d{4}-\d{2}-\d{2})")
+
+# The generated sample stands for the file of 2026-01-01: the register just before the history the
+# replay server generates (events.py, from 2026-01-05), so the stream's events are all newer than it.
+SAMPLE_FILE_DATE = date(2026, 1, 1)
+
+
+def published_name(file_date: date, suffix: str = ".zip") -> str:
+    return f"BasicCompanyDataAsOneFile-{file_date.isoformat()}{suffix}"
+
+
+def file_date_in_name(source: str) -> date | None:
+    """The date in a published file's name (path or URL), e.g. ...-2026-11-01.zip; None when undated."""
+    found = _DATED_NAME.search(source.rsplit("/", 1)[-1])
+    return date.fromisoformat(found.group(1)) if found else None
 
 # Our column -> the bulk column it comes from (header name without its stray spaces).
 BULK_SOURCE_COLUMNS = {
@@ -67,6 +88,16 @@ BULK_STATUS_TO_STREAM = {
     "registered": "registered",
     "removed": "removed",
 }
+
+def gap_remedy() -> str:
+    """How missed events reach the core: the first monthly bulk file dated after the restart (a
+    company's row in it wins over every older event, ch_dbt/macros/bulk_file.sql)."""
+    return (
+        "The core takes the missed changes from the first monthly bulk file dated after the restart: the "
+        "company_house_bulk_monthly schedule loads each month's file (CH_BULK_CSV with {file_date}); by hand, once "
+        "it is published: `dagster asset materialize -m ch_pipeline.definitions --select company_house_bulk "
+        "--partition YYYY-MM-01` (the file's date)."
+    )
 
 
 def column_name(header_name: str) -> str:

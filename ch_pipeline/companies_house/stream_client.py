@@ -30,6 +30,7 @@ import requests
 import tenacity
 import urllib3
 
+from ch_pipeline.companies_house.bulk_csv import gap_remedy
 from ch_pipeline.companies_house.events import company_number_of
 
 log = logging.getLogger(__name__)
@@ -218,14 +219,9 @@ class CompaniesHouseStream:
             raise TimepointExpired(
                 f"timepoint {self.timepoint} is too old for {self.url} (416: about 3 days are kept), so events were "
                 "missed. Restart from now (delete the checkpoint file CH_CHECKPOINT_PATH, or run "
-                "`ch-pipeline produce --restart-from-now-if-expired`) and reload the bulk snapshot "
-                "(materialize company_house_bulk) to fill the gap."
+                "`ch-pipeline produce --restart-from-now-if-expired`). " + gap_remedy()
             )
-        log.warning(
-            "timepoint %s is too old (416): restarting from now; events in the gap are missing "
-            "until the bulk snapshot is reloaded",
-            self.timepoint,
-        )
+        log.warning("timepoint %s is too old (416): restarting from now. %s", self.timepoint, gap_remedy())
         self.timepoint = None
 
     def _wait(self, reason: str, at_least: float = 0.0) -> None:
@@ -330,3 +326,4 @@ def _snippet(response: requests.Response, limit: int = 120) -> str:
     except Exception:  # the body is only for the log line: never fail on it
         return "(no body)"
     return " ".join(text.split())[:limit] or "(empty body)"
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -143,7 +144,7 @@ def landing_script(dataset: str, staging: dict[str, str], ranges: Sequence[Offse
 
 
 def load_bigquery(
-    client, dataset: str, source: str, table: str = BULK_TABLE, progress: Progress = print,
+    client, dataset: str, source: str, file_date: date, table: str = BULK_TABLE, progress: Progress = print,
     limits: BulkLimits = DEFAULT_LIMITS,
 ) -> int:
     """Load job into a staging table (all STRING, columns named from the header), then one cleaning
@@ -167,7 +168,7 @@ def load_bigquery(
             client.load_table_from_file(stream, staging, job_config=job_config).result()
         return f"`{staging}`"
 
-    load_cleaned(source, f"`{target}`", BIGQUERY, stage, lambda sql: client.query(sql).result(), progress, limits)
+    load_cleaned(source, file_date, f"`{target}`", BIGQUERY, stage, lambda sql: client.query(sql).result(), progress, limits)
     client.delete_table(staging, not_found_ok=True)
     rows = client.get_table(target).num_rows
     progress(f"{target}: {rows:,} companies")
@@ -188,8 +189,8 @@ class BigQueryWarehouse:
             raise ValueError("CH_WAREHOUSE=bigquery needs GCP_PROJECT and BIGQUERY_DATASET: set both")
         return cls(client_from_config(config), config.gcp_project, config.bigquery_dataset, config.bigquery_location)
 
-    def load_bulk(self, source: str, progress: Progress = print, limits: BulkLimits | None = None) -> int:
-        return load_bigquery(self.client, self.dataset, source, progress=progress, limits=limits or DEFAULT_LIMITS)
+    def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: BulkLimits | None = None) -> int:
+        return load_bigquery(self.client, self.dataset, source, file_date, progress=progress, limits=limits or DEFAULT_LIMITS)
 
     def _ref(self, table: str) -> str:
         return f"{self.project}.{self.dataset}.{table}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, BULK_STATUS_TO_STREAM, check_header, column_name
@@ -36,8 +37,9 @@ def _postcode_sql(value: str, dialect: Dialect) -> str:
     return f"nullif({dialect.regexp_replace_all(f'upper(trim({value}))', '[[:space:]]+', ' ')}, '')"
 
 
-def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
-    """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `raw_relation`.
+def cleaning_select(raw_relation: str, dialect: Dialect, file_date: date) -> str:
+    """SELECT producing BULK_COLUMNS from the raw (all-text) bulk columns of `raw_relation`, every row
+    stamped with the file's date.
 
     One row per company: the published file has no company twice, but a repeat must not break the
     core's unique key; which row is kept is deterministic (the greatest name), on both engines.
@@ -51,6 +53,7 @@ def cleaning_select(raw_relation: str, dialect: Dialect) -> str:
         "date_of_creation": created,
         "postal_code": _postcode_sql(col["postal_code"], dialect),
         "month_of_creation": dialect.month_start(created),
+        "file_date": f"date '{file_date.isoformat()}'",
     }
     assert list(expressions) == [c.name for c in BULK_COLUMNS], "cleaning must produce BULK_COLUMNS in order"
     select_list = ",\n  ".join(f"{sql} as {name}" for name, sql in expressions.items())
@@ -73,6 +76,7 @@ def staging_columns(path: Path) -> list[str]:
 
 def load_cleaned(
     source: str,
+    file_date: date,
     target: str,
     dialect: Dialect,
     stage: Callable[[Path], str],
@@ -80,11 +84,11 @@ def load_cleaned(
     progress: Progress = print,
     limits: BulkLimits = DEFAULT_LIMITS,
 ) -> None:
-    """The bulk load of every warehouse: the CSV that ``source`` names, on local disk within
+    """The bulk load of every warehouse: the CSV that ``source`` names (the file of ``file_date``), on local disk within
     ``limits``; ``stage(path)`` makes it readable as all-text columns named by ``staging_columns``
     and returns the relation to read; ``execute`` runs the one statement that replaces ``target``
     (quoted for the dialect) with the cleaned rows."""
     with local_csv(source, progress, limits) as path:
         raw = stage(path)
         progress(f"cleaning {path.name} -> {target}")
-        execute(f"create or replace table {target} as\n{cleaning_select(raw, dialect)}")
+        execute(f"create or replace table {target} as\n{cleaning_select(raw, dialect, file_date)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -51,11 +52,11 @@ def duckdb_read_csv(path: Path) -> str:
 
 
 def load_duckdb(
-    connection, source: str, table: str = BULK_TABLE, progress: Progress = print, limits: BulkLimits = DEFAULT_LIMITS
+    connection, source: str, file_date: date, table: str = BULK_TABLE, progress: Progress = print, limits: BulkLimits = DEFAULT_LIMITS
 ) -> int:
     """Replace `table` with the cleaned bulk snapshot in one statement (DuckDB reads the CSV itself);
     returns its row count."""
-    load_cleaned(source, table, DUCKDB, duckdb_read_csv, connection.execute, progress, limits)
+    load_cleaned(source, file_date, table, DUCKDB, duckdb_read_csv, connection.execute, progress, limits)
     [(rows,)] = connection.execute(f"select count(*) from {table}").fetchall()
     progress(f"{table}: {rows:,} companies")
     return rows
@@ -73,9 +74,9 @@ class DuckDBWarehouse:
         with connect(self.path) as con:
             create_stream_tables(con)
 
-    def load_bulk(self, source: str, progress: Progress = print, limits: BulkLimits | None = None) -> int:
+    def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: BulkLimits | None = None) -> int:
         with connect(self.path) as con:
-            return load_duckdb(con, source, progress=progress, limits=limits or DEFAULT_LIMITS)
+            return load_duckdb(con, source, file_date, progress=progress, limits=limits or DEFAULT_LIMITS)
 
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)

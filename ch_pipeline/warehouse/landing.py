@@ -7,6 +7,7 @@ produces a ``LandingBatch`` is ``ch_pipeline.landing``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -45,9 +46,9 @@ class Warehouse(Protocol):
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
 
-    def load_bulk(self, source: str, progress: Progress = print, limits: "BulkLimits | None" = None) -> int:
+    def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: "BulkLimits | None" = None) -> int:
         """Replace the bulk table with the cleaned snapshot at ``source`` (a path or an allowed
-        https URL, ``bulk_load.local_csv``); returns its row count."""
+        https URL, ``bulk_load.local_csv``), the file of ``file_date``; returns its row count."""
 
 
 def offsets_predicate(ranges: Sequence[OffsetRange], qualifier: str | None = None) -> str:

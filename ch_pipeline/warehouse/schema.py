@@ -85,6 +85,8 @@ REJECT_COLUMNS = [
 BULK_COLUMNS = [
     *COMPANY_COLUMNS,
     Column("month_of_creation", pa.date32(), "First day of the incorporation month."),
+    Column("file_date", pa.date32(), "The file's date (BasicCompanyDataAsOneFile-<date>): the register as at 00:00 UTC "
+           "that day. The core orders the file's rows against stream events by it.", nullable=False),
 ]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, HEADER, BulkFormatError, sample_rows
+from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, HEADER, SAMPLE_FILE_DATE as FILE_DATE, BulkFormatError, sample_rows
 from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
@@ -54,8 +54,8 @@ def reshaped(order: list[int], extra: dict[int, str] | None = None) -> tuple[lis
 
 def load_into_duckdb(source: Path, tmp_path: Path) -> dict[str, tuple]:
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
-        load_duckdb(con, str(source), progress=lambda _: None)
-        table = con.execute("select * from company_house_bulk").fetchall()
+        load_duckdb(con, str(source), FILE_DATE, progress=lambda _: None)
+        table = con.execute("select * exclude (file_date) from company_house_bulk").fetchall()
     return {number: (name, *rest) for name, number, *rest in table}
 
 
@@ -113,7 +113,7 @@ def test_a_missing_required_column_fails_with_its_real_name(missing: str, tmp_pa
     header, rows = reshaped(order)
     path = write_csv(tmp_path / "missing.csv", header, rows, quote_header=True)
     with duckdb.connect() as con, pytest.raises(BulkFormatError) as failure:
-        load_duckdb(con, str(path), progress=lambda _: None)
+        load_duckdb(con, str(path), FILE_DATE, progress=lambda _: None)
     message = str(failure.value)
     assert repr(missing) in message
     for present in set(BULK_SOURCE_COLUMNS.values()) - {missing}:
@@ -125,7 +125,7 @@ def test_a_header_naming_a_needed_column_twice_is_refused(tmp_path: Path):
     header, rows = reshaped(list(range(len(HEADER))), extra={3: "CompanyStatus"})
     path = write_csv(tmp_path / "twice.csv", header, rows, quote_header=True)
     with duckdb.connect() as con, pytest.raises(BulkFormatError, match="'CompanyStatus'"):
-        load_duckdb(con, str(path), progress=lambda _: None)
+        load_duckdb(con, str(path), FILE_DATE, progress=lambda _: None)
 
 
 def test_the_ground_truth_reads_by_name(tmp_path: Path):
@@ -145,7 +145,7 @@ def test_bigquery_loads_a_quoted_reordered_header_with_extra_columns(tmp_path: P
     header, rows = reshaped(order, extra={2: "Notes"})
     path = write_csv(tmp_path / "reordered.csv", header, rows, quote_header=True)
     client = bigquery_emulator.client()
-    assert load_bigquery(client, bigquery_dataset, str(path), progress=lambda _: None) == ROWS
+    assert load_bigquery(client, bigquery_dataset, str(path), FILE_DATE, progress=lambda _: None) == ROWS
     table = client.query(f"select * from `{bigquery_emulator.project}.{bigquery_dataset}.company_house_bulk`").result()
     loaded = {r["company_number"]: (r["company_name"], r["company_status"], r["date_of_creation"], r["postal_code"], r["month_of_creation"]) for r in table}
     assert loaded == expected(path)

@@ -14,7 +14,9 @@ import duckdb
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import HEADER, BulkFormatError, sample_rows, write_sample
-from ch_pipeline.defs.bulk import SAMPLE_FILE_NAME, company_house_bulk
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE as FILE_DATE
+from ch_pipeline.companies_house.bulk_csv import published_name
+from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
@@ -60,11 +62,13 @@ def bulk_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def load_into_duckdb(source: str, tmp_path: Path) -> dict[str, tuple]:
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
-        rows = load_duckdb(con, source, progress=lambda _: None)
-        table = con.execute("select * from company_house_bulk").fetchall()
+        rows = load_duckdb(con, source, FILE_DATE, progress=lambda _: None)
+        table = con.execute("select * exclude (file_date) from company_house_bulk").fetchall()
         columns = [d[0] for d in con.execute("describe company_house_bulk").fetchall()]
+        file_dates = con.execute("select distinct file_date from company_house_bulk").fetchall()
     assert rows == len(table)
     assert columns == [c.name for c in BULK_COLUMNS]
+    assert file_dates == [(FILE_DATE,)]  # every row stamped with the file's date
     return {number: (name, *rest) for name, number, *rest in table}
 
 
@@ -118,9 +122,9 @@ def test_a_file_that_is_not_the_bulk_snapshot_fails_clearly(tmp_path: Path):
     wrong = tmp_path / "other.csv"
     wrong.write_text('"CompanyName","Status"\r\n"A","Active"\r\n')
     with duckdb.connect() as con, pytest.raises(BulkFormatError, match="BasicCompanyDataAsOneFile"):
-        load_duckdb(con, str(wrong), progress=lambda _: None)
+        load_duckdb(con, str(wrong), FILE_DATE, progress=lambda _: None)
     with duckdb.connect() as con, pytest.raises(FileNotFoundError, match="CH_BULK_CSV"):
-        load_duckdb(con, str(tmp_path / "missing.csv"), progress=lambda _: None)
+        load_duckdb(con, str(tmp_path / "missing.csv"), FILE_DATE, progress=lambda _: None)
 
 
 def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -131,9 +135,10 @@ def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path,
         [company_house_bulk],
         resources={"warehouse": WarehouseResource(duckdb_path=str(db), data_dir=str(tmp_path))},
         run_config={"ops": {"company_house_bulk": {"config": {"sample_rows": 2_000}}}},
+        partition_key=FILE_DATE.isoformat(),
     )
     assert result.success
-    sample = tmp_path / "bulk" / SAMPLE_FILE_NAME
+    sample = tmp_path / "bulk" / published_name(FILE_DATE, ".csv")
     assert sample.exists()
     [materialization] = result.asset_materializations_for_node("company_house_bulk")
     assert materialization.metadata["dagster/row_count"].value == 2_000
@@ -145,7 +150,7 @@ def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path,
 
 def test_bigquery_load_job_gives_the_same_rows(bulk_file: Path, tmp_path: Path, bigquery_emulator, bigquery_dataset):  # noqa: F811
     client = bigquery_emulator.client()
-    rows = load_bigquery(client, bigquery_dataset, str(bulk_file), progress=lambda _: None)
+    rows = load_bigquery(client, bigquery_dataset, str(bulk_file), FILE_DATE, progress=lambda _: None)
     table = client.query(f"select * from `{bigquery_emulator.project}.{bigquery_dataset}.company_house_bulk`").result()
     loaded = {r["company_number"]: (r["company_name"], r["company_status"], r["date_of_creation"], r["postal_code"], r["month_of_creation"]) for r in table}
     assert rows == len(loaded) == 3_004

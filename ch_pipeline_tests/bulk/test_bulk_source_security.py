@@ -29,6 +29,8 @@ import duckdb
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import HEADER, write_sample
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE as FILE_DATE
+from ch_pipeline.companies_house.bulk_csv import file_date_in_name
 from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.warehouse import bulk_load
@@ -183,6 +185,7 @@ def materialize_bulk(tmp_path: Path, source: str) -> tuple[dg.ExecuteInJobResult
         [company_house_bulk],
         resources={"warehouse": WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb"))},
         run_config={"ops": {"company_house_bulk": {"config": {"source": source}}}},
+        partition_key=(file_date_in_name(source) or FILE_DATE).isoformat(),
         instance=instance,
         raise_on_error=False,
     )
@@ -197,7 +200,7 @@ def step_failure(result: dg.ExecuteInJobResult) -> str:
 
 def load(source: str, **kwargs) -> int:
     with duckdb.connect() as con:
-        return load_duckdb(con, source, progress=lambda _: None, **kwargs)
+        return load_duckdb(con, source, FILE_DATE, progress=lambda _: None, **kwargs)
 
 
 @contextmanager
@@ -295,8 +298,8 @@ def test_an_allowed_https_url_is_downloaded_and_unzipped(https_server, sample_cs
     with zipfile.ZipFile(https_server.www / "BasicCompanyDataAsOneFile-2026-11-01.zip", "w", zipfile.ZIP_DEFLATED) as z:
         z.write(sample_csv, sample_csv.name)
     with duckdb.connect() as con:
-        assert load_duckdb(con, f"{https_server.base}/BasicCompanyDataAsOneFile-2026-11-01.zip", progress=lambda _: None) == 300
-        loaded = {number: (name, *rest) for name, number, *rest in con.execute("select * from company_house_bulk").fetchall()}
+        assert load_duckdb(con, f"{https_server.base}/BasicCompanyDataAsOneFile-2026-11-01.zip", FILE_DATE, progress=lambda _: None) == 300
+        loaded = {number: (name, *rest) for name, number, *rest in con.execute("select * exclude (file_date) from company_house_bulk").fetchall()}
     assert loaded == parse_bulk_csv(sample_csv)
 
 

@@ -141,7 +141,7 @@ def test_a_rejected_key_stops_with_an_actionable_message():
 
 def test_a_timepoint_too_old_stops_and_says_what_to_do():
     with ReplayServer(events=50, first_timepoint=1000, **FAST) as server:
-        with pytest.raises(TimepointExpired, match="(?i)restart from now.*bulk snapshot") as error:
+        with pytest.raises(TimepointExpired, match="(?i)restart from now.*monthly bulk file dated after the restart") as error:
             next(fast_stream(server.url, timepoint=10).events())
     assert "timepoint 10" in str(error.value) and "416" in str(error.value)
 

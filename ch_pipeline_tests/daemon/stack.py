@@ -37,7 +37,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, PARENT_RUN_ID_TAG, WILL_RETRY_TAG
 
-from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.defs.stream import OFFSETS_TAG, company_house_stream_job
 from ch_pipeline.kafka.broker import LocalBroker, free_port
@@ -272,7 +272,7 @@ class DaemonStack(StartedInWith):
             # (but for one: the server sends the first event after each burst at once).
             self.replay.rate, self.replay.history = GATE_CLOSED_RATE, 0
         self.replay.start()
-        bulk_csv = write_sample(self.root / "bulk.csv", self.config.bulk_companies, seed=5)
+        bulk_csv = write_sample(self.root / published_name(SAMPLE_FILE_DATE, ".csv"), self.config.bulk_companies, seed=5)
         home = prepare_dagster_home(self.root)
         (self.root / "workspace.yaml").write_text(
             "load_from:\n  - grpc_server:\n"

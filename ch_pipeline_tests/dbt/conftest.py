@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,10 @@ from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import WarehouseResource
 
 BULK_COMPANIES = 10_000
-DBT_MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp"}
+# The tests' bulk file is older than every event they land (hand-written events from 2024 on).
+BASELINE_FILE_DATE = date(2023, 12, 1)
+DBT_MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp",
+              "company_house_bulk_reconciliations"}
 
 
 class Ticks:
@@ -48,11 +52,12 @@ def configure_environment(env: pytest.MonkeyPatch, root: Path) -> Path:
     return path
 
 
-def load_bulk(db: Path, bulk_csv: Path, instance: dg.DagsterInstance | None = None) -> None:
-    """The bulk table, loaded by a real run of company_house_bulk."""
+def load_bulk(db: Path, bulk_csv: Path, instance: dg.DagsterInstance | None = None, file_date: date = BASELINE_FILE_DATE) -> None:
+    """The bulk table, loaded by a real run of company_house_bulk (the partition of ``file_date``)."""
     result = dg.materialize(
         [company_house_bulk],
         instance=instance,
+        partition_key=file_date.isoformat(),
         resources={"warehouse": WarehouseResource(duckdb_path=str(db))},
         run_config={"ops": {"company_house_bulk": {"config": {"source": str(bulk_csv)}}}},
     )

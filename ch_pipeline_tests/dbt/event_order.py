@@ -31,6 +31,7 @@ class Message:
     partition: int
     offset: int
     kafka_timestamp: datetime
+    status: str = "active"
 
     def envelope(self) -> dict:
         event = {
@@ -43,7 +44,7 @@ class Message:
             envelope["data"] = {
                 "company_name": self.name,
                 "company_number": self.number,
-                "company_status": "active",
+                "company_status": self.status,
                 "date_of_creation": "2010-04-01",
                 "registered_office_address": {"postal_code": "EH1 2NG"},
             }

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
 from ch_pipeline.definitions import defs
 from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor
+from ch_pipeline.warehouse.schema import BULK_TABLE
 from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks
 
 # The sequence bulk -> first build -> one request per new landing, with real runs, is
@@ -19,7 +21,9 @@ from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks
 
 def materialized(instance: dg.DagsterInstance, *keys: str) -> None:
     for key in keys:
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key))
+        # The bulk asset is partitioned by file date: a file is a month's partition.
+        partition = SAMPLE_FILE_DATE.isoformat() if key == BULK_TABLE else None
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=partition))
 
 
 @pytest.fixture
@@ -60,12 +64,19 @@ def test_asset_graph_is_acyclic_with_the_watermark_downstream_of_the_core():
     graph.toposorted_asset_keys  # raises on a cycle
 
 
-def test_fresh_instance_requests_bulk_and_every_model_in_one_tick(ticks: Ticks):
-    """Stream data lands before the bulk table exists: nothing may run without the core (a watermark
-    advanced without the core would skip that batch for ever); bulk and all models go together."""
+def test_fresh_instance_requests_the_first_bulk_file_then_every_model(ticks: Ticks):
+    """Stream data lands before any bulk file is loaded: the first file is requested (its month only),
+    and the models wait for it, then go together (nothing may run without the core: a watermark
+    advanced without the core would skip that batch for ever)."""
     instance = ticks.instance
     materialized(instance, "company_house_stream")
-    assert ticks.requested() == DBT_MODELS | {"company_house_bulk"}
+    result = dg.evaluate_automation_conditions(defs=ticks.defs, instance=instance, cursor=ticks.cursor)
+    ticks.cursor = result.cursor
+    assert {key.to_user_string(): subset for key, subset in result._requested_partitions_by_asset_key.items()} == {
+        BULK_TABLE: {SAMPLE_FILE_DATE.isoformat()}
+    }
+    materialized(instance, BULK_TABLE)
+    assert ticks.requested() == DBT_MODELS
 
 
 def test_a_rebuilt_core_alone_does_not_retrigger_the_models(ticks: Ticks):

@@ -19,6 +19,7 @@ from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_big
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, arrow_schema
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
+from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE
 from ch_pipeline_tests.dbt.history import History, expected_core, parse_bulk_csv, stream_rows
 
 MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp"}
@@ -63,7 +64,7 @@ def test_dbt_builds_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest
     warehouse = BigQueryWarehouse(client, bigquery_emulator.project, bigquery_dataset)
     warehouse.create_stream_tables()
     bulk_csv = write_sample(tmp_path / "bulk.csv", rows=1_000, seed=9)
-    load_bigquery(client, bigquery_dataset, str(bulk_csv), progress=lambda _: None)
+    load_bigquery(client, bigquery_dataset, str(bulk_csv), BASELINE_FILE_DATE, progress=lambda _: None)
     bulk = parse_bulk_csv(bulk_csv)
     core_table = f"{bigquery_emulator.project}.{bigquery_dataset}.company_house_core"
     instance = dg.DagsterInstance.ephemeral()

@@ -23,7 +23,7 @@ from ch_pipeline.defs.dbt import dbt_resource
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
-from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
+from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.event_order import Scenario, landing_batch
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 
@@ -187,7 +187,7 @@ def test_the_order_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.
     warehouse = BigQueryWarehouse(client, bigquery_emulator.project, bigquery_dataset)
     warehouse.create_stream_tables()
     bulk_csv = write_sample(tmp_path / "bulk.csv", rows=1_000, seed=9)
-    load_bigquery(client, bigquery_dataset, str(bulk_csv), progress=lambda _: None)
+    load_bigquery(client, bigquery_dataset, str(bulk_csv), BASELINE_FILE_DATE, progress=lambda _: None)
     scenario = Scenario(sorted(parse_bulk_csv(bulk_csv))[10:16])
     numbers = scenario.numbers[:6]
     dataset = f"{bigquery_emulator.project}.{bigquery_dataset}"

@@ -23,7 +23,7 @@ from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
-from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
+from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import (
     CoreRow,
     History,
@@ -223,7 +223,7 @@ def test_a_full_refresh_keeps_the_watermark_on_the_bigquery_emulator(
     warehouse = BigQueryWarehouse(client, bigquery_emulator.project, bigquery_dataset)
     warehouse.create_stream_tables()
     bulk_csv = write_sample(tmp_path / "bulk.csv", rows=1_000, seed=5)
-    load_bigquery(client, bigquery_dataset, str(bulk_csv), progress=lambda _: None)
+    load_bigquery(client, bigquery_dataset, str(bulk_csv), BASELINE_FILE_DATE, progress=lambda _: None)
     bulk = parse_bulk_csv(bulk_csv)
     dataset = f"{bigquery_emulator.project}.{bigquery_dataset}"
     history = History(bulk, seed=5)

@@ -28,6 +28,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
 from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import build_kafka_sensor, company_house_stream, landing_run_config
@@ -229,6 +230,7 @@ def test_a_launched_run_cannot_retarget_the_warehouse(production_like_env: Path,
             resources={"warehouse": WarehouseResource.from_env()},
             run_config={"ops": {"company_house_bulk": {"config": {"sample_rows": 20}}},
                         "resources": {"warehouse": {"config": config}}},
+            partition_key=SAMPLE_FILE_DATE.isoformat(),
         )  # fmt: skip
     time.sleep(0.3)
     assert not elsewhere.exists()
@@ -242,6 +244,7 @@ def test_resources_from_the_environment_still_run_without_config(production_like
         instance=instance,
         resources={"warehouse": WarehouseResource.from_env()},
         run_config={"ops": {"company_house_bulk": {"config": {"sample_rows": 20}}}},
+        partition_key=SAMPLE_FILE_DATE.isoformat(),
     )
     assert result.success
     assert (tmp_path / "data" / "warehouse.duckdb").exists()

@@ -20,7 +20,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from ch_pipeline.companies_house.bulk_csv import write_sample
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, write_sample
 from ch_pipeline.defs.bulk import company_house_bulk
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.defs.resources import WarehouseResource
@@ -131,10 +131,11 @@ def test_core_on_the_bigquery_emulator_equals_the_ground_truth_and_duckdb(wareho
         [company_house_bulk],
         resources={"warehouse": duckdb},
         run_config={"ops": {BULK_TABLE: {"config": {"source": str(bulk_csv)}}}},
+        partition_key=SAMPLE_FILE_DATE.isoformat(),
         instance=instance,
     )
     assert loaded.success
-    load_bigquery(bigquery.bigquery_client(), bigquery.bigquery_dataset, str(bulk_csv))
+    load_bigquery(bigquery.bigquery_client(), bigquery.bigquery_dataset, str(bulk_csv), SAMPLE_FILE_DATE)
     bigquery.warehouse().create_stream_tables()
     with connect(duckdb_path) as con:
         create_stream_tables(con)

@@ -84,7 +84,7 @@ def test_an_expired_checkpoint_stops_with_instructions_or_restarts_from_now_with
         env = producer_env(server.url, broker.bootstrap_servers, topic, checkpoint)
         stopped = subprocess.run([sys.executable, "-m", "ch_pipeline.cli", "produce"], env=env, capture_output=True, text=True, timeout=60)
         assert stopped.returncode != 0
-        assert "timepoint 12 is too old" in stopped.stderr and "bulk snapshot" in stopped.stderr
+        assert "timepoint 12 is too old" in stopped.stderr and "monthly bulk file dated after the restart" in stopped.stderr
         assert read_checkpoint(checkpoint, server.url) == 12, "the checkpoint is kept for the user to decide"
 
         restarted = subprocess.run(
