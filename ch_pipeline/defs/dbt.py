@@ -71,7 +71,7 @@ def _manifest_is_stale(project: DbtProject) -> bool:
     return any(path.stat().st_mtime > built for path in sources if path.is_file())
 
 
-# Declarative automation (docs/architecture.md §7). The four models are one execution set
+# Declarative automation (docs/architecture.md §7). The five models are one execution set
 # (`as_one_unit`), so one condition decides for all of them; it sits on the core, the only model
 # that reads both inputs. `eager()` never fires below a growing dynamic partition set (the newest
 # stream partition exists, so counts as missing, before its run ends, and then it is in progress).
@@ -198,9 +198,9 @@ DBT_BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
 def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
     """The same dbt assets, materialized only all together (``@dbt_assets`` is always subsettable).
 
-    The watermark is only true for a snapshot the core merged in the same ``dbt build``, so the four
+    The watermark is only true for a snapshot the core merged in the same ``dbt build``, so the five
     models form one execution set: any request for one of them (automation, a click in the UI)
-    becomes a request for all four and their tests.
+    becomes a request for all five and their tests.
     """
     return dg.AssetsDefinition.dagster_internal_init(**{**assets.get_attributes_dict(), "can_subset": False})
 
@@ -224,7 +224,18 @@ def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     that needs the file dbt just released, opened in this process, and holds every materialization
     event until dbt has exited (which also moves the daemon suite's fault points).
     """
-    yield from dbt.cli(DBT_BUILD_ARGS, context=context, target_path=dbt_build_target_path()).stream()
+    bulk_file = bulk_file_in_force(context.instance)
+    for event in dbt.cli(DBT_BUILD_ARGS, context=context, target_path=dbt_build_target_path()).stream():
+        if bulk_file and isinstance(event, dg.Output) and context.asset_key_for_output(event.output_name) == dg.AssetKey(CORE_MODEL):
+            event = event.with_metadata({**event.metadata, "bulk_file_date": dg.MetadataValue.text(bulk_file)})
+        yield event
+
+
+def bulk_file_in_force(instance: dg.DagsterInstance) -> str | None:
+    """The month of the bulk file loaded last: the file this build's core agrees with (the build
+    reconciles the core with the bulk table when it holds a newer file, ch_dbt/macros/bulk_file.sql)."""
+    latest = instance.get_latest_materialization_event(dg.AssetKey(BULK_TABLE))
+    return latest.dagster_event.partition if latest and latest.dagster_event else None
 
 
 def dbt_resource() -> DbtCliResource:

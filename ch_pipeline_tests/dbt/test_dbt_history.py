@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
-from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks, configure_environment, load_bulk
+from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, DBT_MODELS, Ticks, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import (
     CoreRow,
     History,
@@ -49,6 +49,7 @@ class Recording:
     tables_before_rerun: dict[str, list[tuple]] = field(default_factory=dict)
     tables_after_rerun: dict[str, list[tuple]] = field(default_factory=dict)
     requested_on_an_empty_instance: set[str] = field(default_factory=set)
+    core_bulk_file: str | None = None
 
 
 TABLES = {"company_house_core": "company_number", "get_last_timestamp": "kafka_partition", "company_house_deletions": "company_number"}
@@ -103,6 +104,8 @@ def recording(tmp_path_factory: pytest.TempPathFactory, bulk_csv: Path) -> Recor
             landed_in[number] = events
             record(f"batch {number}")
 
+        core = instance.get_latest_materialization_event(dg.AssetKey("company_house_core")).asset_materialization
+        recording.core_bulk_file = core.metadata["bulk_file_date"].value
         recording.tables_before_rerun = {t: read_table(db, t, key) for t, key in TABLES.items()}
         run_dbt(instance)  # no new stream data
         recording.tables_after_rerun = {t: read_table(db, t, key) for t, key in TABLES.items()}
@@ -114,6 +117,11 @@ def test_core_equals_the_ground_truth_after_every_step(recording: Recording):
     for step in recording.steps:
         assert step.core == step.expected, f"core differs from the ground truth after {step.name}"
     assert recording.steps[0].core == recording.bulk  # the first build is the bulk snapshot
+
+
+def test_the_core_says_which_bulk_file_it_agrees_with(recording: Recording):
+    """The month of the bulk file in force, on the core's materialization (the UI's lineage shows it)."""
+    assert recording.core_bulk_file == BASELINE_FILE_DATE.isoformat()
 
 
 def test_watermark_never_decreases_and_covers_what_was_applied(recording: Recording):
