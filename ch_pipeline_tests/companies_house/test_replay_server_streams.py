@@ -44,14 +44,18 @@ def test_the_companies_stream_keeps_its_url_lines_and_timepoints():
 
 def test_a_key_serves_ten_open_streams_and_the_eleventh_gets_429():
     with ReplayServer(events=5, api_key="k3y", heartbeat_interval=0.05) as server, contextlib.ExitStack() as stack:
+        readers = []  # kept: a discarded line iterator makes urllib3 close its connection
         for index in range(MAX_CONNECTIONS_PER_KEY):  # across streams: the limit is the key's, not a stream's
             name = STREAM_NAMES[index % len(STREAM_NAMES)]
             response = stack.enter_context(requests.get(server.url_for(name), auth=("k3y", ""), stream=True, timeout=5))
             assert response.status_code == 200
-            next(response.iter_lines())
+            readers.append(response.iter_lines())
+            next(readers[-1])
+        time.sleep(0.2)  # several heartbeats: a closed connection would have been noticed by now
         assert server.open_connections("k3y") == MAX_CONNECTIONS_PER_KEY
         refused = requests.get(server.url_for("officers"), auth=("k3y", ""), timeout=5)
         assert refused.status_code == 429 and "<h1>429 Too Many Requests</h1>" in refused.text
+        readers.clear()
         stack.close()  # the clients go away; the server notices at its next heartbeat write
         deadline = time.monotonic() + 5
         while server.open_connections("k3y") and time.monotonic() < deadline:
@@ -63,7 +67,10 @@ def test_a_key_serves_ten_open_streams_and_the_eleventh_gets_429():
 def test_the_connection_limit_is_configurable_and_per_key():
     with ReplayServer(events=5, heartbeat_interval=0.05, max_connections_per_key=1) as server:
         with requests.get(server.url_for("charges"), auth=("a", ""), stream=True, timeout=5) as held:
-            next(held.iter_lines())
+            reader = held.iter_lines()  # kept alive: discarding it would close the connection
+            next(reader)
+            time.sleep(0.2)  # several heartbeats: a closed connection would have been noticed by now
+            assert server.open_connections("a") == 1
             assert requests.get(server.url_for("filings"), auth=("a", ""), timeout=5).status_code == 429
             assert read_lines(server.url_for("filings"), 1, auth=("b", ""))[0] == server.log("filings").lines[0]
 
