@@ -2,10 +2,11 @@
 
 Each event line goes to the topic unmodified (value), keyed by company number (for a stream whose
 items are not under a company, the catalogue's key: ``streams.kafka_key_of``), with a ``timepoint``
-header. ``--stream`` follows one stream of the catalogue into its own topic, with its own checkpoint. The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's
-own retries, per-partition order kept). The checkpoint holds the last timepoint up to which every
-event has a successful delivery report; a restart resumes there, so a crash re-sends at most the
-events after the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
+header. ``--stream`` follows one stream of the catalogue into its own topic, with its own checkpoint.
+The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's own retries,
+per-partition order kept). The checkpoint holds the last timepoint up to which every event has a
+successful delivery report; a restart resumes there, so a crash re-sends at most the events after
+the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
 
 An event Kafka refuses for good (over ``message.max.bytes``, or rejected by the broker as too large
 or invalid) never stops the producer: it goes to the dead-letter file (NDJSON next to the
