@@ -16,7 +16,7 @@ _COMMANDS = {
     "broker": "ch_pipeline.cli:broker_command",
     "run": "ch_pipeline.local_stack:run_command",
     "demo": "ch_pipeline.demo:demo_command",
-    "replay-server": "ch_pipeline.companies_house.replay_server:replay_server_command",
+    "replay-server": "ch_pipeline.companies_house.replay_server_cli:replay_server_command",
     "produce": "ch_pipeline.kafka.producer:produce_command",
     "prod-local": "ch_pipeline.production_stack:prod_local_command",
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.warehouse import check_warehouse_name
 
 OFFICIAL_STREAM_URL = "https://stream.companieshouse.gov.uk/companies"
@@ -24,6 +25,23 @@ DEFAULT_DATA_DIR = ".ch-data"
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Where one Companies House stream comes from and goes: its URL, Kafka topic and checkpoint file.
+
+    Companies keeps its names (``CH_STREAM_URL``, ``KAFKA_TOPIC``, ``CH_CHECKPOINT_PATH``); another stream
+    reads them with its suffix (``CH_STREAM_URL_OFFICERS``, ``KAFKA_TOPIC_OFFICERS``,
+    ``CH_CHECKPOINT_PATH_OFFICERS``), else its path on the companies URL's host, its catalogue topic
+    and ``producer-<stream>.checkpoint`` in ``CH_DATA_DIR`` (each stream its own resume point).
+    """
+
+    name: str
+    url: str
+    topic: str
+    checkpoint_path: Path
+    topic_env: str  # the variable that names the topic, for error messages
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,15 @@ class Settings:
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = field(default=None, repr=False)
+    streams: dict[str, StreamSettings] = field(default_factory=dict)  # every stream but companies
+
+    def stream_settings(self, name: str) -> StreamSettings:
+        """The URL, topic and checkpoint of stream ``name`` (``ch_pipeline.companies_house.streams``)."""
+        if name == COMPANIES:
+            return StreamSettings(name, self.stream_url, self.kafka_topic, self.checkpoint_path, "KAFKA_TOPIC")
+        if name not in self.streams:
+            raise ValueError(f"unknown Companies House stream {name!r}: one of companies, {', '.join(self.streams)}")
+        return self.streams[name]
 
     def kafka_client_config(self) -> dict[str, str]:
         return kafka_client_config(
@@ -64,8 +91,9 @@ class Settings:
         warehouse = check_warehouse_name(_env("CH_WAREHOUSE", "duckdb"))
         config_file = _env("KAFKA_CONFIG_FILE")
         gcp_project, bigquery_dataset = _env("GCP_PROJECT"), _env("BIGQUERY_DATASET")
+        stream_url = _env("CH_STREAM_URL", OFFICIAL_STREAM_URL)
         return cls(
-            stream_url=_env("CH_STREAM_URL", OFFICIAL_STREAM_URL),
+            stream_url=stream_url,
             stream_api_key=_env("CH_STREAM_API_KEY"),
             data_dir=data_dir,
             checkpoint_path=Path(_env("CH_CHECKPOINT_PATH", str(data_dir / "producer.checkpoint"))),
@@ -85,7 +113,24 @@ class Settings:
             kafka_sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
             kafka_sasl_username=_env("KAFKA_SASL_USERNAME"),
             kafka_sasl_password=_env("KAFKA_SASL_PASSWORD"),
+            streams=_other_streams(stream_url, data_dir),
         )
+
+
+def _other_streams(companies_url: str, data_dir: Path) -> dict[str, StreamSettings]:
+    # The streams share a host: the companies URL's path, minus /companies, is their base.
+    base = companies_url.rstrip("/").removesuffix("/companies")
+    return {
+        spec.name: StreamSettings(
+            spec.name,
+            _env(f"CH_STREAM_URL_{spec.env_suffix}", base + spec.path),
+            _env(f"KAFKA_TOPIC_{spec.env_suffix}", spec.default_topic),
+            Path(_env(f"CH_CHECKPOINT_PATH_{spec.env_suffix}", str(data_dir / f"producer-{spec.name}.checkpoint"))),
+            f"KAFKA_TOPIC_{spec.env_suffix}",
+        )
+        for spec in STREAMS.values()
+        if spec.name != COMPANIES
+    }
 
 
 def bootstrap_servers(servers: str | None, config_file: str | Path | None) -> str | None:

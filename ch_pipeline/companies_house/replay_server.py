@@ -1,7 +1,11 @@
 """A local server speaking the Companies House streaming protocol, with generated events.
 
 ``ReplayServer(events=1000, seed=7).start()`` serves ``GET /companies`` on a free loopback port
-(``server.url``); ``ch-pipeline replay-server`` runs it in the foreground. Like the real API
+(``server.url``) and every other stream of the catalogue (``server.url_for("officers")``, paths in
+``streams.py``), each with its own events and its own timepoints (they are unrelated across streams,
+as on the real API: each stream starts at its own base); ``ch-pipeline replay-server`` runs it in
+the foreground. A stream's events are generated on its first request, so a companies-only user pays
+nothing for the others. Like the real API
 (docs/architecture.md §3): NDJSON over chunked HTTP, a blank heartbeat line every few seconds when there is no
 event, consecutive integer timepoints, ``?timepoint=N`` resumes at event N (inclusive), basic auth
 with the key as user (401 when ``api_key`` is set and does not match), 416 for a timepoint outside
@@ -9,6 +13,9 @@ the retained window, and the connection stays open with heartbeats after the las
 
 One deliberate difference: a connection without ``timepoint`` starts at the oldest retained event
 rather than at "now", so a fresh producer sees the whole generated history.
+
+A key serves at most ``max_connections_per_key`` open streams at once (Companies House allows "a
+handful", about ten); one more gets 429, as the real API rate-limits it.
 
 Fault injection for tests: ``drop_after`` (cut the connection, mid-line, after that many events on
 a connection, at most ``max_drops`` times), ``split_lines`` (every line sent in two chunks, cut
@@ -29,13 +36,25 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import click
-
-from ch_pipeline.companies_house.events import event_bytes, generate_events, timepoint_of, write_events
+from ch_pipeline.companies_house.events import event_bytes, timepoint_of
+from ch_pipeline.companies_house.stream_events import generate_stream_events
+from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES, stream, stream_for_path
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/companies"
+MAX_CONNECTIONS_PER_KEY = 10
+# Where each stream's timepoints start (plus first_timepoint - 1): far apart, so a checkpoint or
+# timepoint of one stream used on another is out of range (416) instead of silently "working".
+STREAM_TIMEPOINT_BASE = {name: 1 + 10_000_000 * index for index, name in enumerate(STREAM_NAMES)}
+
+
+@dataclass(frozen=True)
+class StreamLog:
+    """One stream's lines as served, and their timepoints (sorted, duplicates repeated)."""
+
+    lines: list[bytes]
+    timepoints: list[int]
 _ERROR_PAGE = "<html><head><title>{status} {phrase}</title></head><body><h1>{status} {phrase}</h1><hr><center>nginx</center></body></html>\n"
 
 
@@ -55,6 +74,8 @@ class ReplayServer:
     max_drops: int | None = None
     split_lines: bool = False
     chunked: bool = True  # False: a close-delimited body, as behind a proxy that strips chunking
+    max_connections_per_key: int | None = MAX_CONNECTIONS_PER_KEY  # None: no limit
+    stream_events: dict[str, int] = field(default_factory=dict)  # per-stream event counts (default `events`)
     host: str = "127.0.0.1"
     port: int = 0
     lines: list[bytes] = field(init=False, repr=False)
@@ -62,18 +83,38 @@ class ReplayServer:
     drops: int = field(default=0, init=False)
     requests_served: int = field(default=0, init=False)
     _failures: list[int] = field(default_factory=list, init=False, repr=False)
+    _logs: dict[str, StreamLog] = field(default_factory=dict, init=False, repr=False)
+    _open: dict[str | None, int] = field(default_factory=dict, init=False, repr=False)  # key -> open streams
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _httpd: ThreadingHTTPServer | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        generated = generate_events(self.events, self.seed, self.first_timepoint)
-        self.lines = [event_bytes(event) for event in generated]
-        self.timepoints = [timepoint_of(event) for event in generated]
+        companies = self.log(COMPANIES)
+        self.lines, self.timepoints = companies.lines, companies.timepoints
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}{STREAM_PATH}"
+        return self.url_for(COMPANIES)
+
+    def url_for(self, stream_name: str) -> str:
+        return f"http://{self.host}:{self.port}{stream(stream_name).path}"
+
+    def first_timepoint_of(self, stream_name: str) -> int:
+        return self.first_timepoint + STREAM_TIMEPOINT_BASE[stream_name] - 1
+
+    def log(self, stream_name: str) -> StreamLog:
+        """The stream's served lines, generated on first use (deterministic: the seed, the stream)."""
+        with self._lock:
+            if stream_name not in self._logs:
+                count = self.stream_events.get(stream_name, self.events)
+                generated = generate_stream_events(stream_name, count, self.seed, self.first_timepoint_of(stream_name))
+                self._logs[stream_name] = StreamLog([event_bytes(e) for e in generated], [timepoint_of(e) for e in generated])
+            return self._logs[stream_name]
+
+    def open_connections(self, key: str | None = None) -> int:
+        with self._lock:
+            return self._open.get(key, 0)
 
     def start(self) -> "ReplayServer":
         self._httpd = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
@@ -101,16 +142,29 @@ class ReplayServer:
         with self._lock:
             self._failures.extend([status] * requests)
 
-    def start_index(self, timepoint: int | None) -> int | None:
+    def start_index(self, timepoint: int | None, stream_name: str = COMPANIES) -> int | None:
         """The first line to serve for a ``timepoint`` request; None when it is outside the window."""
-        window_start = self.first_timepoint
+        timepoints = self.log(stream_name).timepoints
+        window_start = self.first_timepoint_of(stream_name)
         if self.retain is not None:
-            window_start = max(window_start, self.timepoints[-1] - self.retain + 1)
+            window_start = max(window_start, timepoints[-1] - self.retain + 1)
         if timepoint is None:
             timepoint = window_start
-        if timepoint < window_start or timepoint > self.timepoints[-1] + 1:
+        if timepoint < window_start or timepoint > timepoints[-1] + 1:
             return None
-        return bisect.bisect_left(self.timepoints, timepoint)  # timepoints are sorted
+        return bisect.bisect_left(timepoints, timepoint)  # timepoints are sorted
+
+    def _open_stream(self, key: str | None) -> bool:
+        """Take one of the key's connections; False when all are in use (the caller answers 429)."""
+        with self._lock:
+            if self.max_connections_per_key is not None and self._open.get(key, 0) >= self.max_connections_per_key:
+                return False
+            self._open[key] = self._open.get(key, 0) + 1
+            return True
+
+    def _close_stream(self, key: str | None) -> None:
+        with self._lock:
+            self._open[key] -= 1
 
     def _next_failure(self) -> int | None:
         with self._lock:
@@ -134,9 +188,11 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            if url.path != STREAM_PATH:
+            spec = stream_for_path(url.path)
+            if spec is None:
                 return self._error(HTTPStatus.NOT_FOUND)
-            if server.api_key is not None and self._api_key() != server.api_key:
+            key = self._api_key()
+            if server.api_key is not None and key != server.api_key:
                 return self._error(HTTPStatus.UNAUTHORIZED)
             failure = server._next_failure()
             if failure is not None:
@@ -145,9 +201,17 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                 timepoint = int(parse_qs(url.query)["timepoint"][0]) if "timepoint" in url.query else None
             except ValueError:
                 return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-            start = server.start_index(timepoint)
+            start = server.start_index(timepoint, spec.name)
             if start is None:
                 return self._error(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            if not server._open_stream(key):
+                return self._error(HTTPStatus.TOO_MANY_REQUESTS)
+            try:
+                self._serve(server.log(spec.name).lines, start)
+            finally:
+                server._close_stream(key)
+
+        def _serve(self, lines: list[bytes], start: int) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "application/json")
             if server.chunked:
@@ -156,20 +220,20 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Connection", "close")
             self.end_headers()
             try:
-                self._stream_from(start)
+                self._stream_from(lines, start)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client went away: nothing to clean up
             self.close_connection = True
 
-        def _stream_from(self, index: int) -> None:
+        def _stream_from(self, lines: list[bytes], index: int) -> None:
             sent_on_connection = sent_live = 0
             started = last_write = time.monotonic()
             while not server._stopping.is_set():
                 now = time.monotonic()
                 live = index >= server.history
                 next_event_at = started + sent_live / server.rate if server.rate and live else now
-                if index < len(server.lines) and now >= next_event_at:
-                    line = server.lines[index]
+                if index < len(lines) and now >= next_event_at:
+                    line = lines[index]
                     if server.drop_after is not None and sent_on_connection >= server.drop_after and server._take_drop():
                         return self._drop_mid_line(line)
                     self._send_line(line)
@@ -186,7 +250,7 @@ def _handler_for(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                     last_write = now
                     continue
                 wake_at = last_write + server.heartbeat_interval
-                if index < len(server.lines):
+                if index < len(lines):
                     wake_at = min(wake_at, next_event_at)
                 server._stopping.wait(max(0.0, wake_at - now))
 
@@ -232,51 +296,3 @@ def _split_point(data: bytes) -> int:
         if byte >= 0xC0:  # the lead byte of a multi-byte character
             return i + 1
     return len(data) // 2
-
-
-@click.command("replay-server")
-@click.option("--port", default=8765, show_default=True, help="Loopback port to listen on.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--events", "events", default=1000, show_default=True, help="Distinct events to serve (plus a few duplicates).")
-@click.option("--rate", default=None, type=float, help="Events per second on each connection (default: as fast as possible).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the event generator (same seed, same events).")
-@click.option("--first-timepoint", default=1, show_default=True)
-@click.option("--retain", default=None, type=int, help="Only the last N timepoints can be resumed from (older: 416).")
-@click.option("--heartbeat", default=5.0, show_default=True, help="Seconds between heartbeat lines when idle.")
-@click.option("--api-key", default=None, help="Require this key as basic-auth user (else 401).")
-@click.option("--drop-after", default=None, type=int, help="Fault: cut each connection mid-line after N events.")
-@click.option("--max-drops", default=None, type=int, help="Fault: cut at most this many connections.")
-@click.option("--split-lines", is_flag=True, help="Fault: send every line in two chunks.")
-@click.option("--fail-status", default=None, type=click.Choice(["429", "500", "502", "503", "504"]),
-              help="Fault: answer --fail-requests requests with this status and an HTML page.")
-@click.option("--fail-requests", default=1, show_default=True)
-@click.option("--write-events", "events_file", default=None, type=click.Path(dir_okay=False),
-              help="Only write the events as NDJSON to this file, then exit.")
-def replay_server_command(port, host, events, rate, seed, first_timepoint, retain, heartbeat, api_key,
-                          drop_after, max_drops, split_lines, fail_status, fail_requests, events_file) -> None:  # fmt: skip
-    """Serve generated company events over the Companies House streaming protocol (foreground)."""
-    from ch_pipeline.processes import stop_requested
-
-    if events_file:
-        write_events(events_file, generate_events(events, seed, first_timepoint))
-        click.echo(f"wrote {events} events (+ duplicates) to {events_file}")
-        return
-    server = ReplayServer(
-        events=events, seed=seed, rate=rate, first_timepoint=first_timepoint, retain=retain,
-        heartbeat_interval=heartbeat, api_key=api_key, drop_after=drop_after, max_drops=max_drops,
-        split_lines=split_lines, host=host, port=port,
-    )  # fmt: skip
-    if fail_status:
-        server.fail_next(int(fail_status), fail_requests)
-    try:
-        server.start()
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port} ({exc}): pass --port with a free port") from exc
-    click.echo(f"replay server ready: CH_STREAM_URL={server.url} ({len(server.lines)} lines, seed {seed})")
-    with stop_requested() as stop:
-        try:
-            while not stop.wait(1.0):
-                pass
-        finally:
-            server.stop()
-        click.echo("replay server stopped")

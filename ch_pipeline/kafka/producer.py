@@ -1,10 +1,12 @@
 """``ch-pipeline produce``: Companies House stream -> Kafka, resumable and exact (docs/architecture.md §4).
 
-Each event line goes to the topic unmodified (value), keyed by company number, with a
-``timepoint`` header. The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's
-own retries, per-partition order kept). The checkpoint holds the last timepoint up to which every
-event has a successful delivery report; a restart resumes there, so a crash re-sends at most the
-events after the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
+Each event line goes to the topic unmodified (value), keyed by company number (for a stream whose
+items are not under a company, the catalogue's key: ``streams.kafka_key_of``), with a ``timepoint``
+header. ``--stream`` follows one stream of the catalogue into its own topic, with its own checkpoint.
+The producer is idempotent with ``acks=all`` (no duplicates from librdkafka's own retries,
+per-partition order kept). The checkpoint holds the last timepoint up to which every event has a
+successful delivery report; a restart resumes there, so a crash re-sends at most the events after
+the checkpoint (same bytes, same timepoint: downstream dedupes on the timepoint).
 
 An event Kafka refuses for good (over ``message.max.bytes``, or rejected by the broker as too large
 or invalid) never stops the producer: it goes to the dead-letter file (NDJSON next to the
@@ -30,6 +32,7 @@ import click
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ch_pipeline.companies_house.stream_client import CompaniesHouseStream, StreamError, StreamEvent
+from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES, kafka_key_of, stream
 from ch_pipeline.kafka.checkpoint import CheckpointError, DeliveryTracker, read_checkpoint, write_checkpoint
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ class StreamProducer:
     log_interval: float = 10.0
     checkpoint_interval: float = 1.0
     dead_letter_path: Path | None = None
+    stream_name: str = COMPANIES  # which catalogue stream ``stream`` follows: decides the Kafka key
+    topic_env: str = "KAFKA_TOPIC"  # named when the topic is missing
     _last_checkpoint_at: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +88,7 @@ class StreamProducer:
 
     def run(self, stop: threading.Event) -> ProduceResult:
         producer = Producer({**self.kafka_config, **PRODUCER_GUARANTEES})
-        require_topic(producer, self.topic)
+        require_topic(producer, self.topic, self.topic_env)
         tracker = DeliveryTracker(self.stream.timepoint)
         events: queue.Queue = queue.Queue(maxsize=_QUEUE_SIZE)
         reader = threading.Thread(target=_read_stream, args=(self.stream, events), name="stream-reader", daemon=True)
@@ -130,7 +135,8 @@ class StreamProducer:
     def _produce(self, producer: Producer, event: StreamEvent, tracker: DeliveryTracker) -> None:
         entry = tracker.sent(event.timepoint)
         headers = [(TIMEPOINT_HEADER, str(event.timepoint).encode())] if event.timepoint is not None else None
-        key = event.company_number.encode() if event.company_number else None
+        key_text = event.company_number if self.stream_name == COMPANIES else self._catalogue_key(event)
+        key = key_text.encode() if key_text else None
         while True:
             try:
                 producer.produce(
@@ -151,6 +157,9 @@ class StreamProducer:
                 limit = self.kafka_config.get("message.max.bytes", "1000000 (default)")
                 tracker.on_refused(entry, _reason(exc.args[0], f"at produce(), client message.max.bytes {limit}"), key, event.raw)
                 return
+
+    def _catalogue_key(self, event: StreamEvent) -> str | None:
+        return kafka_key_of(stream(self.stream_name), event.envelope) if event.envelope is not None else None
 
     def _dead_letter_refused(self, tracker: DeliveryTracker) -> None:
         """Write the refused events to the dead-letter file; only then may the checkpoint pass them."""
@@ -231,7 +240,7 @@ def _read_stream(stream: CompaniesHouseStream, events: queue.Queue) -> None:
         events.put(exc)
 
 
-def require_topic(producer: Producer, topic: str) -> None:
+def require_topic(producer: Producer, topic: str, topic_env: str = "KAFKA_TOPIC") -> None:
     """Fail early and clearly when the topic is missing: we never rely on auto-creation."""
     try:
         metadata = producer.list_topics(timeout=15)
@@ -240,7 +249,7 @@ def require_topic(producer: Producer, topic: str) -> None:
     if topic not in metadata.topics:
         raise ProducerError(
             f"Kafka topic {topic!r} does not exist: create it first (locally `ch-pipeline broker --topic {topic}`, "
-            "on Confluent Cloud in the console or with `confluent kafka topic create`), or set KAFKA_TOPIC"
+            f"on Confluent Cloud in the console or with `confluent kafka topic create`), or set {topic_env}"
         )
 
 
@@ -270,11 +279,16 @@ class _Progress:
 
 
 @click.command("produce")
+@click.option("--stream", "stream_name", default=COMPANIES, show_default=True, type=click.Choice(STREAM_NAMES),
+              help="The Companies House stream to follow, into its own topic with its own checkpoint.")
 @click.option("--max-events", type=int, default=None, help="Stop after this many delivered events (demos, tests).")
 @click.option("--restart-from-now-if-expired", is_flag=True, help="On 416 (checkpoint too old) restart from now instead of stopping.")
 @click.option("--log-interval", default=10.0, show_default=True, help="Seconds between progress log lines.")
-def produce_command(max_events: int | None, restart_from_now_if_expired: bool, log_interval: float) -> None:
+def produce_command(stream_name: str, max_events: int | None, restart_from_now_if_expired: bool, log_interval: float) -> None:
     """Stream Companies House events (CH_STREAM_URL) into Kafka (KAFKA_TOPIC), resuming from CH_CHECKPOINT_PATH.
+
+    ``--stream officers`` (etc.): CH_STREAM_URL_OFFICERS, KAFKA_TOPIC_OFFICERS, CH_CHECKPOINT_PATH_OFFICERS,
+    by default the officers path on CH_STREAM_URL's host, topic company_house_officers, producer-officers.checkpoint.
 
     SIGTERM / Ctrl-C: stop reading, flush, checkpoint, exit 0.
     """
@@ -283,21 +297,22 @@ def produce_command(max_events: int | None, restart_from_now_if_expired: bool, l
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    target = settings.stream_settings(stream_name)
     try:
-        checkpoint = read_checkpoint(settings.checkpoint_path, settings.stream_url)
+        checkpoint = read_checkpoint(target.checkpoint_path, target.url)
         kafka_config = settings.kafka_client_config()
     except (CheckpointError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    log.info("resuming %s from %s", settings.stream_url, f"timepoint {checkpoint}" if checkpoint is not None else "now (no checkpoint)")
-    stream = CompaniesHouseStream(
-        settings.stream_url, settings.stream_api_key, checkpoint, restart_from_now_if_expired=restart_from_now_if_expired
-    )
-    producer = StreamProducer(stream, kafka_config, settings.kafka_topic, settings.checkpoint_path, max_events, log_interval)
+    log.info("resuming %s from %s", target.url, f"timepoint {checkpoint}" if checkpoint is not None else "now (no checkpoint)")
+    # One key, one connection per producer: several producers stay within the key's ~10 open streams.
+    source = CompaniesHouseStream(target.url, settings.stream_api_key, checkpoint, restart_from_now_if_expired=restart_from_now_if_expired)
+    producer = StreamProducer(source, kafka_config, target.topic, target.checkpoint_path, max_events, log_interval,
+                              stream_name=stream_name, topic_env=target.topic_env)  # fmt: skip
     with stop_requested() as stop:
         try:
             result = producer.run(stop)
         except (StreamError, ProducerError) as exc:
             raise click.ClickException(str(exc)) from exc
-    done = f"delivered {result.delivered} events to {settings.kafka_topic}; checkpoint at timepoint {result.checkpoint}"
+    done = f"delivered {result.delivered} events to {target.topic}; checkpoint at timepoint {result.checkpoint}"
     dead = f"; {result.dead_lettered} refused by Kafka, in {producer.dead_letter_path}" if result.dead_lettered else ""
     click.echo(done + dead)
