@@ -22,7 +22,7 @@ from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emula
 from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE
 from ch_pipeline_tests.dbt.history import History, expected_core, parse_bulk_csv, stream_rows
 
-MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp"}
+MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp", "company_house_bulk_reconciliations"}
 
 
 def test_dbt_parses_for_bigquery_without_network_or_credentials(tmp_path: Path):

@@ -139,7 +139,7 @@ def test_watermark_never_decreases_and_covers_what_was_applied(recording: Record
 
 def test_dbt_tests_pass_as_asset_checks(recording: Recording):
     for step in recording.steps:
-        assert len(step.checks) == 13
+        assert len(step.checks) == 15
         assert [name for name, passed in step.checks.items() if not passed] == [], step.name
     assert {"unique_company_house_core_company_number", "not_null_company_house_core_company_number"} <= set(recording.steps[-1].checks)
     assert any(name.startswith("never_decreases_get_last_timestamp") for name in recording.steps[-1].checks)
@@ -162,7 +162,7 @@ def test_running_again_without_new_stream_data_changes_nothing(recording: Record
     assert recording.steps[-1].core == recording.steps[-1].expected
 
 
-def test_automation_requests_all_four_models_after_each_new_stream_partition(recording: Recording):
+def test_automation_requests_all_five_models_after_each_new_stream_partition(recording: Recording):
     """Bulk first (the core starts from it); then after every landed partition the four models are
     requested in the same tick (one run, one `dbt build`); a finished run does not retrigger itself."""
     assert recording.requested_on_an_empty_instance == {"company_house_bulk"}
