@@ -180,7 +180,6 @@ SELECT
   CASE WHEN is_event THEN {_v('resource_kind')} END AS resource_kind,
   kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
-  CASE WHEN error IS NULL THEN text END AS raw_event,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
   CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64
 FROM parsed
@@ -233,10 +232,14 @@ def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: dateti
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
         parsed = con.sql(_PARSE, params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()
-    rejected = parsed.column("error").null_count < parsed.num_rows  # usually none: no copy then
-    good = pc.is_null(parsed.column("error"))
-    rows = (parsed.filter(good) if rejected else parsed).select(STREAM_SCHEMA.names).cast(STREAM_SCHEMA)
-    rejects = parsed.filter(pc.invert(good)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
+    # A stream row's raw_event is its message value: the raw bytes themselves, not a copy made by the
+    # query (DuckDB decoded them as UTF-8, so unchecked is exact).
+    rows = parsed.append_column("raw_event", raw.column("value").cast(pa.string(), safe=False))
+    is_good = pc.is_null(parsed.column("error"))
+    if parsed.column("error").null_count < parsed.num_rows:  # some rejects (usually none: no copy then)
+        rows = rows.filter(is_good)
+    rows = rows.select(STREAM_SCHEMA.names).cast(STREAM_SCHEMA)
+    rejects = parsed.filter(pc.invert(is_good)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
     return rows, rejects
 
 
@@ -248,7 +251,7 @@ class StreamBatchBuilder:
     """Parses the messages of one stream partition chunk by chunk, into stream and reject tables.
 
     Each chunk is parsed on a worker thread while the caller reads the next one from Kafka
-    (DuckDB releases the GIL), so parsing costs little beyond the read itself.
+    (DuckDB releases the GIL); the read waits when ``MAX_QUEUED_CHUNKS`` are still unparsed.
     """
 
     def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
