@@ -74,9 +74,9 @@ def consume_raw(bootstrap: str, key: str, path: Path | None = None) -> int:
     count, pending = 0, set(last)
     while pending:
         for message in consumer.consume(num_messages=10_000, timeout=1):
-            if message.error() is None:
+            if message.error() is None and message.offset() <= last[message.partition()]:
                 count += 1
-                if message.offset() >= last[message.partition()]:
+                if message.offset() == last[message.partition()]:
                     pending.discard(message.partition())
     consumer.close()
     return count
