@@ -228,14 +228,17 @@ def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
 
 class DbtCli(DbtCliResource):
     """dagster-dbt's dbt CLI, writing to one reused target folder, without two costs it pays on every
-    run for features these assets do not use
-    (measured by benchmarks/dbt_increment.py: 11-15 s builds, dbt's own run 2 s of it):
+    run for features these assets do not use. A Dagster-launched build of a 100k-row core took 11-12 s
+    with them and takes 6-7 s without, dbt's own run ~1.5-2 s of it (benchmarks/dbt_increment.py):
 
     - ``dbt --version`` (~4.7 s on 2 cores: a whole dbt start-up plus a PyPI look-up of the latest
       release), only to tell dbt Core from dbt Fusion: the dbt beside this interpreter is the
       dbt-core installed here, so its version is read from the package metadata;
     - a dbt adapter opened inside the run process (~1.9 s: dbt's imports, profile and macros), used
       only to fetch row counts or column metadata, which ``ch_dbt_models`` does not.
+
+    These override private methods of dagster-dbt (pinned in requirements.lock);
+    ch_pipeline_tests/dbt/test_dbt_cli_resource.py checks what they assume.
     """
 
     @cached_property
