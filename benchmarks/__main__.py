@@ -60,7 +60,10 @@ def main() -> None:
             rows.append({"benchmark": name, **row})
             print(f"   {row}", flush=True)
     host = machine()
-    args.output.write_text(render(rows, host))
+    # The sections other scripts add after this table (instance scale, soak) stay.
+    previous = args.output.read_text() if args.output.exists() else ""
+    kept = previous[previous.index("\n## ") :] if "\n## " in previous else ""
+    args.output.write_text(render(rows, host) + kept)
     print(f"wrote {args.output}")
 
 

@@ -20,11 +20,13 @@ ISO ``YYYY-MM-DD``; ``published_at`` ISO, UTC when it carries no offset.
 from __future__ import annotations
 
 import functools
+import operator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Iterable
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -178,11 +180,44 @@ SELECT
   CASE WHEN is_event THEN {_v('resource_kind')} END AS resource_kind,
   kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
-  CASE WHEN error IS NULL THEN text END AS raw_event,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
   CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64
 FROM parsed
 """
+
+
+def _binary_array(items: list[bytes | None]) -> pa.Array:
+    """A binary Arrow array of bytes objects (None: null), built from one joined buffer: pa.array
+    would copy each message into a growing buffer."""
+    lengths = np.fromiter(map(len, (item or b"" for item in items)), np.int64, len(items))
+    offsets = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        return pa.array(items, pa.binary())  # over 2 GiB: pyarrow splits it into chunks
+    offsets = offsets.astype(np.int32)
+    nulls = np.fromiter((item is None for item in items), np.bool_, len(items))
+    validity = pa.array(~nulls).buffers()[1] if nulls.any() else None
+    data = pa.py_buffer(b"".join(item for item in items if item))
+    return pa.Array.from_buffers(pa.binary(), len(items), [validity, pa.py_buffer(offsets), data])
+
+
+_VALUE, _KEY, _TIMESTAMP = operator.methodcaller("value"), operator.methodcaller("key"), operator.methodcaller("timestamp")
+_PARTITION, _OFFSET = operator.methodcaller("partition"), operator.methodcaller("offset")
+
+
+def raw_messages_table(messages: list[Any]) -> pa.Table:
+    """Kafka ``Message``s -> an Arrow table in ``RAW_SCHEMA``: a few calls per message, no per-message Python objects kept."""
+    count = len(messages)
+    # (kind, millis); kind 0 is TIMESTAMP_NOT_AVAILABLE.
+    kinds, millis = np.array(list(map(_TIMESTAMP, messages)), np.int64).reshape(count, 2).T
+    columns = [
+        pa.array(np.fromiter(map(_PARTITION, messages), np.int32, count)),
+        pa.array(np.fromiter(map(_OFFSET, messages), np.int64, count)),
+        pa.array(millis, pa.timestamp("ms", tz="UTC"), mask=(kinds == 0) | (millis < 0)),
+        _binary_array(list(map(_KEY, messages))),
+        _binary_array(list(map(_VALUE, messages))),
+    ]
+    return pa.Table.from_arrays(columns, schema=RAW_SCHEMA)
 
 
 @functools.cache
@@ -197,17 +232,26 @@ def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: dateti
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
         parsed = con.sql(_PARSE, params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()
-    good = pc.is_null(parsed.column("error"))
-    rows = parsed.filter(good).select(STREAM_SCHEMA.names).cast(STREAM_SCHEMA)
-    rejects = parsed.filter(pc.invert(good)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
+    # A stream row's raw_event is its message value: the raw bytes themselves, not a copy made by the
+    # query (DuckDB decoded them as UTF-8, so unchecked is exact).
+    rows = parsed.append_column("raw_event", raw.column("value").cast(pa.string(), safe=False))
+    is_good = pc.is_null(parsed.column("error"))
+    if parsed.column("error").null_count < parsed.num_rows:  # some rejects (usually none: no copy then)
+        rows = rows.filter(is_good)
+    rows = rows.select(STREAM_SCHEMA.names).cast(STREAM_SCHEMA)
+    rejects = parsed.filter(pc.invert(is_good)).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
     return rows, rejects
+
+
+# Chunks read but not yet parsed: a read faster than the parser holds at most this many raw chunks.
+MAX_QUEUED_CHUNKS = 2
 
 
 class StreamBatchBuilder:
     """Parses the messages of one stream partition chunk by chunk, into stream and reject tables.
 
     Each chunk is parsed on a worker thread while the caller reads the next one from Kafka
-    (DuckDB releases the GIL), so parsing costs little beyond the read itself.
+    (DuckDB releases the GIL); the read waits when ``MAX_QUEUED_CHUNKS`` are still unparsed.
     """
 
     def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
@@ -220,16 +264,13 @@ class StreamBatchBuilder:
 
     def add(self, messages: Iterable[Any]) -> None:
         """Add confluent-kafka ``Message``s (anything with value/key/partition/offset/timestamp)."""
-        messages = list(messages)
-        values = [m.value() for m in messages]
-        keys = [m.key() for m in messages]
-        # (kind, millis); kind 0 is TIMESTAMP_NOT_AVAILABLE.
-        timestamps = [None if kind == 0 or millis < 0 else millis for kind, millis in (m.timestamp() for m in messages)]
-        columns = [[m.partition() for m in messages], [m.offset() for m in messages], timestamps, keys, values]
-        self.bytes += sum(len(v) for v in values if v) + sum(len(k) for k in keys if k)
-        raw = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, RAW_SCHEMA)], schema=RAW_SCHEMA)
+        raw = raw_messages_table(list(messages))
+        self.bytes += pc.sum(pc.binary_length(raw.column("value"))).as_py() or 0
+        self.bytes += pc.sum(pc.binary_length(raw.column("kafka_key"))).as_py() or 0
         self._pending.append(self._worker.submit(parse_raw_messages, raw, self.stream_partition, self.ingested_at))
         self._parsed = None
+        if len(self._pending) > MAX_QUEUED_CHUNKS:  # the read waits for the parser: bounded memory
+            self._pending[-MAX_QUEUED_CHUNKS - 1].result()
 
     def _parse(self) -> tuple[pa.Table, pa.Table]:
         if self._parsed is None:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
-from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
+from ch_pipeline.warehouse.stream_rows import RAW_SCHEMA, StreamBatchBuilder, raw_messages_table
 from ch_pipeline_tests.support.kafka import FakeMessage
 from ch_pipeline_tests.warehouse.messages import MALFORMED_VALUES, company_event, flat_record
 
@@ -134,3 +134,42 @@ def test_builder_makes_arrow_tables_in_the_schema_of_record():
     assert second["raw_value_base64"] is None and second["kafka_timestamp"] is None and "tombstone" in second["error"]
     assert builder.bytes == len(good) + 1 + 4 + 2
     assert rows.column("date_of_creation").type == pa.date32()
+
+
+def test_raw_messages_table_keeps_every_value_key_and_timestamp_exactly():
+    messages = [
+        FakeMessage(1, 7, b"", b"", (1, 0)),  # empty value and key are not null
+        FakeMessage(1, 8, None, None, (0, 1714554000000)),  # no timestamp available
+        FakeMessage(1, 9, "é{}".encode(), b"\xff", (2, -1)),  # a negative time is no time
+        FakeMessage(1, 10, b"\x00" * 70_000, b"k" * 300, (1, 1714554000123)),
+    ]
+    table = raw_messages_table(messages)
+    assert table.schema == RAW_SCHEMA
+    assert table.column("value").to_pylist() == [b"", None, "é{}".encode(), b"\x00" * 70_000]
+    assert table.column("kafka_key").to_pylist() == [b"", None, b"\xff", b"k" * 300]
+    assert table.column("kafka_offset").to_pylist() == [7, 8, 9, 10] and table.column("kafka_partition").to_pylist() == [1] * 4
+    assert table.column("kafka_timestamp").to_pylist() == [
+        datetime(1970, 1, 1, tzinfo=timezone.utc), None, None, datetime(2024, 5, 1, 9, 0, 0, 123000, tzinfo=timezone.utc)
+    ]
+
+
+def test_many_chunks_land_every_message_once_in_order():
+    """More chunks than may wait for the parser; chunks all good, all rejected and mixed."""
+    builder = StreamBatchBuilder("p0:0-59", INGESTED)
+    offsets = iter(range(60))
+    chunks = [
+        [json.dumps(company_event(i)).encode() for i in range(10)],
+        [b"not json"] * 10,
+        [json.dumps(company_event(i)).encode() if i % 2 else b"[]" for i in range(10)],
+    ] * 2
+    for chunk in chunks:
+        builder.add([FakeMessage(0, next(offsets), value) for value in chunk])
+    rows, rejects = builder.stream_table(), builder.rejects_table()
+    values = [value for chunk in chunks for value in chunk]
+    good = [offset for offset, value in enumerate(values) if value.startswith(b"{")]
+    assert rows.column("kafka_offset").to_pylist() == good
+    assert rows.column("raw_event").to_pylist() == [values[offset].decode() for offset in good]
+    assert sorted(rejects.column("kafka_offset").to_pylist()) == sorted(set(range(60)) - set(good))
+    assert [base64.b64decode(r["raw_value_base64"]) for r in rejects.to_pylist()] == [
+        values[r["kafka_offset"]] for r in rejects.to_pylist()
+    ]
