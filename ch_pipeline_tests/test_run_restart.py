@@ -70,7 +70,7 @@ class Stack:
         self.process.wait(30)
 
     def kill_producer(self) -> None:
-        (producer,) = [p for p in psutil.Process(self.process.pid).children(recursive=True) if "produce" in p.cmdline()]
+        (producer,) = [p for p in psutil.Process(self.process.pid).children(recursive=True) if "produce" in _command_line(p)]
         producer.send_signal(signal.SIGKILL)
 
     def checkpoint(self) -> int:
@@ -155,3 +155,12 @@ def test_run_killed_outright_and_restarted_converges_to_the_truth(tmp_path: Path
     result = compare_core(stack.data_dir / "warehouse.duckdb", [json.loads(line) for line in stack.server.lines])
     assert result["counts"]["duplicate (partition, offset)"] == 0
     assert result["mismatched"] == [], f"{len(result['mismatched'])} companies differ from the ground truth"
+
+
+def _command_line(process: psutil.Process) -> list[str]:
+    """A child's command line; empty for one that ended meanwhile (a finished run worker not yet reaped
+    is a zombie, whose command line psutil refuses to read)."""
+    try:
+        return process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return []

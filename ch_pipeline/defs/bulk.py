@@ -119,7 +119,7 @@ def company_house_bulk(
     )
 
 
-bulk_monthly_job = dg.define_asset_job("company_house_bulk_monthly_job", selection=[BULK_TABLE], partitions_def=BULK_MONTHS)
+bulk_monthly_job = dg.define_asset_job("company_house_bulk_monthly_job", selection=[BULK_TABLE])
 
 
 @dg.schedule(
