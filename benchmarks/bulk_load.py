@@ -19,10 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, write_sample
+from ch_pipeline.companies_house.bulk_csv import write_sample
 
 OURS = """
 import sys, duckdb
+from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
 from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 with duckdb.connect(sys.argv[2]) as con:
     print(load_duckdb(con, sys.argv[1], SAMPLE_FILE_DATE, progress=lambda _: None))
