@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange
 
 if TYPE_CHECKING:
@@ -21,13 +22,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LandingBatch:
-    """One landing, parsed: its offset ranges, stream rows and reject rows."""
+    """One landing of one stream, parsed: its offset ranges, landing rows and reject rows. The
+    stream names the tables they land in (``stream.landing_table``, ``stream.rejects_table``)."""
 
     stream_partition: str
     ranges: Sequence[OffsetRange]
     rows: pa.Table
     rejects: pa.Table
     message_bytes: int = 0
+    stream: StreamSpec = STREAMS[COMPANIES]
 
 
 class Warehouse(Protocol):
@@ -38,11 +41,11 @@ class Warehouse(Protocol):
         """The warehouse ``config`` (the warehouse resource: ``duckdb_path``, ``gcp_project``, ...) points at.
         Called inside a run, never while the definitions load (it may open a client)."""
 
-    def create_stream_tables(self) -> None:
-        """Create the stream and reject tables if missing (idempotent DDL from ``schema.py``)."""
+    def create_stream_tables(self, stream: StreamSpec = STREAMS[COMPANIES]) -> None:
+        """Create ``stream``'s landing and reject tables if missing (idempotent DDL from ``schema.py``)."""
 
     def land(self, batch: LandingBatch) -> None:
-        """Replace, atomically, every stream and reject row whose Kafka coordinates lie in
+        """In ``batch.stream``'s tables, replace, atomically, every row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from ch_pipeline.companies_house.streams import COMPANIES, StreamSpec
+
 STREAM_TABLE = "company_house_stream"
 REJECTS_TABLE = "company_house_stream_rejects"
 BULK_TABLE = "company_house_bulk"
@@ -81,6 +83,38 @@ REJECT_COLUMNS = [
     Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
     Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
 ]
+
+# The landing table of every stream but companies: the envelope, then the stream's row fields as
+# text (scalars as text, lists/objects as compact JSON; dbt types them), then the Kafka coordinates.
+ENVELOPE_COLUMNS = [
+    Column("company_number", pa.string(), "Company number from resource_uri (/company/<number>/...); "
+           "NULL for items not under a company (disqualified officers)."),
+    Column("item_id", pa.string(), "The item as Companies House keys it: the last resource_uri segment, else "
+           "resource_id; the company number for streams with one item per company (insolvency, exemptions)."),
+    Column("resource_kind", pa.string(), "e.g. company-officers, individual-beneficial-owner."),
+    Column("resource_uri", pa.string(), "The item's path, as sent (the exemptions stream omits the leading slash)."),
+    Column("resource_id", pa.string(), "The envelope's resource_id, as sent."),
+    Column("event_type", pa.string(), "changed or deleted."),
+    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position, increasing within the stream)."),
+    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
+]
+# Where the message came from and which landing wrote it, as the companies table has them.
+KAFKA_COLUMNS = STREAM_COLUMNS[STREAM_COLUMNS.index(next(c for c in STREAM_COLUMNS if c.name == "kafka_partition")):]
+
+
+def row_field_columns(spec: StreamSpec) -> list[Column]:
+    return [
+        Column(column, pa.string(), f"data.{path} as text (lists and objects as compact JSON); NULL when missing.")
+        for column, path in spec.row_fields
+    ]
+
+
+def landing_columns(spec: StreamSpec) -> list[Column]:
+    """The landing table of ``spec`` (``spec.landing_table``); its rejects table has ``REJECT_COLUMNS``."""
+    if spec.name == COMPANIES:
+        return STREAM_COLUMNS
+    return [*ENVELOPE_COLUMNS, *row_field_columns(spec), *KAFKA_COLUMNS]
+
 
 BULK_COLUMNS = [
     *COMPANY_COLUMNS,

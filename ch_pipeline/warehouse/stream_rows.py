@@ -23,7 +23,7 @@ import functools
 import operator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import duckdb
 import numpy as np
@@ -254,9 +254,19 @@ class StreamBatchBuilder:
     (DuckDB releases the GIL); the read waits when ``MAX_QUEUED_CHUNKS`` are still unparsed.
     """
 
-    def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
+    def __init__(
+        self,
+        stream_partition: str,
+        ingested_at: datetime,
+        parse: Callable[[pa.Table, str, datetime], tuple[pa.Table, pa.Table]] = parse_raw_messages,
+        row_schema: pa.Schema = STREAM_SCHEMA,
+    ) -> None:
+        """``parse``/``row_schema``: the companies parser by default; the other streams pass theirs
+        (``envelope_rows.envelope_parser``), so reading, threading and memory bounds stay one code path."""
         self.stream_partition = stream_partition
         self.ingested_at = ingested_at
+        self._parse_chunk = parse
+        self._row_schema = row_schema
         self.bytes = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-rows")
         self._pending: list[Future] = []
@@ -267,7 +277,7 @@ class StreamBatchBuilder:
         raw = raw_messages_table(list(messages))
         self.bytes += pc.sum(pc.binary_length(raw.column("value"))).as_py() or 0
         self.bytes += pc.sum(pc.binary_length(raw.column("kafka_key"))).as_py() or 0
-        self._pending.append(self._worker.submit(parse_raw_messages, raw, self.stream_partition, self.ingested_at))
+        self._pending.append(self._worker.submit(self._parse_chunk, raw, self.stream_partition, self.ingested_at))
         self._parsed = None
         if len(self._pending) > MAX_QUEUED_CHUNKS:  # the read waits for the parser: bounded memory
             self._pending[-MAX_QUEUED_CHUNKS - 1].result()
@@ -279,7 +289,7 @@ class StreamBatchBuilder:
             finally:
                 self._worker.shutdown(wait=False)
             self._parsed = (
-                pa.concat_tables([rows for rows, _ in parts]) if parts else STREAM_SCHEMA.empty_table(),
+                pa.concat_tables([rows for rows, _ in parts]) if parts else self._row_schema.empty_table(),
                 pa.concat_tables([rejects for _, rejects in parts]) if parts else REJECT_SCHEMA.empty_table(),
             )
         return self._parsed
