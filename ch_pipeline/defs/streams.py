@@ -1,0 +1,95 @@
+"""Every Companies House stream but companies, landed like companies: generated from the catalogue.
+
+Per stream (``ch_pipeline.companies_house.streams.STREAMS``), in its own asset group named after its
+catalogue topic (``company_house_officers``, ...), so the lineage page shows each stream on its own:
+
+- ``<topic>_streaming_api`` and ``<topic>_topic``: external assets, the endpoint and the Kafka topic
+  the producer feeds (``ch-pipeline produce --stream NAME``; topic name from ``KAFKA_TOPIC_<STREAM>``);
+- ``<topic>_stream`` (= ``spec.landing_table``): the landing asset, exactly the companies landing
+  (``defs.stream.land_stream``: runs carry their offset ranges as run config, no partitions) with
+  the envelope parser and the stream's table; unparseable messages go to ``spec.rejects_table``;
+- ``<topic>_stream_job`` and ``<topic>_kafka_sensor``: the job and the sensor that launches it for
+  new offsets (``defs.stream.build_kafka_sensor``).
+
+Companies keeps its own module (``defs.stream``, ``defs.sources``) and its names.
+"""
+
+
+import dagster as dg
+
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
+from ch_pipeline.defs.metadata import column_schema
+from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
+from ch_pipeline.defs.stream import (
+    DEFAULT_MINIMUM_INTERVAL_SECONDS,
+    StreamLanding,
+    build_kafka_sensor,
+    build_landing_job,
+    land_stream,
+)
+from ch_pipeline.settings import sensor_interval_seconds
+from ch_pipeline.warehouse.schema import landing_columns
+
+OTHER_STREAMS = [spec for spec in STREAMS.values() if spec.name != COMPANIES]
+
+
+def stream_group(spec: StreamSpec) -> str:
+    """The asset group of a stream: its catalogue topic (companies' is ``company_house``)."""
+    return spec.default_topic
+
+
+def streaming_api_spec(spec: StreamSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=f"{spec.default_topic}_streaming_api",
+        description=f"Companies House streaming API, {spec.path} ({', '.join(spec.resource_kinds)}; "
+        "HTTP long-lived NDJSON, resumable by timepoint).",
+        group_name=stream_group(spec),
+        kinds={"api"},
+        metadata={"url": f"https://stream.companieshouse.gov.uk{spec.path}"},
+    )
+
+
+def topic_spec(spec: StreamSpec, api: dg.AssetSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=f"{spec.default_topic}_topic",
+        description=f"Kafka topic of {spec.path} (default {spec.default_topic}, KAFKA_TOPIC_{spec.env_suffix}): "
+        f"one message per event, value = the event JSON as served. Fed by `ch-pipeline produce --stream {spec.name}`.",
+        group_name=stream_group(spec),
+        kinds={"kafka"},
+        deps=[api],
+    )
+
+
+def landing_asset(spec: StreamSpec, topic: dg.AssetSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.landing_table,
+        deps=[topic],
+        pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
+        group_name=stream_group(spec),
+        kinds={"kafka", "python"},
+        description=f"Every Kafka message of the {spec.path} topic as a row (item: {spec.item}), landed exactly "
+        "once per offset. Each run lands the offset ranges its config names (also its run key and ch/offsets "
+        f"tag); re-executing a run replaces exactly its rows. Unparseable messages go to {spec.rejects_table}.",
+        metadata=column_schema(landing_columns(spec)),
+    )
+    def landing(
+        context: dg.AssetExecutionContext, config: StreamLanding, kafka: KafkaResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        return land_stream(context, spec, config.offsets, kafka, warehouse)
+
+    return landing
+
+
+def stream_definitions(spec: StreamSpec) -> dg.Definitions:
+    api = streaming_api_spec(spec)
+    topic = topic_spec(spec, api)
+    asset = landing_asset(spec, topic)
+    job = build_landing_job(asset, f"{spec.landing_table}_job")
+    sensor = build_kafka_sensor(
+        minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
+    )
+    return dg.Definitions(assets=[api, topic, asset], jobs=[job], sensors=[sensor])
+
+
+# The one Definitions object of this module: dg.load_from_defs_folder takes it as the module's definitions.
+defs = dg.Definitions.merge(*(stream_definitions(spec) for spec in OTHER_STREAMS))
