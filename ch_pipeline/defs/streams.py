@@ -14,6 +14,8 @@ catalogue topic (``company_house_officers``, ...), so the lineage page shows eac
 Companies keeps its own module (``defs.stream``, ``defs.sources``) and its names.
 """
 
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -80,7 +82,21 @@ def landing_asset(spec: StreamSpec, topic: dg.AssetSpec) -> dg.AssetsDefinition:
     return landing
 
 
-def stream_definitions(spec: StreamSpec) -> dg.Definitions:
+@dataclass(frozen=True)
+class StreamLandingDefs:
+    """What one stream adds to the code location."""
+
+    api: dg.AssetSpec
+    topic: dg.AssetSpec
+    asset: dg.AssetsDefinition
+    job: Any  # the UnresolvedAssetJobDefinition of build_landing_job
+    sensor: dg.SensorDefinition
+
+    def definitions(self) -> dg.Definitions:
+        return dg.Definitions(assets=[self.api, self.topic, self.asset], jobs=[self.job], sensors=[self.sensor])
+
+
+def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     api = streaming_api_spec(spec)
     topic = topic_spec(spec, api)
     asset = landing_asset(spec, topic)
@@ -88,8 +104,10 @@ def stream_definitions(spec: StreamSpec) -> dg.Definitions:
     sensor = build_kafka_sensor(
         minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
     )
-    return dg.Definitions(assets=[api, topic, asset], jobs=[job], sensors=[sensor])
+    return StreamLandingDefs(api, topic, asset, job, sensor)
 
 
+# Each stream's definitions by stream name (tests take a stream's asset, job and sensor from here).
+STREAM_LANDINGS = {spec.name: stream_landing_defs(spec) for spec in OTHER_STREAMS}
 # The one Definitions object of this module: dg.load_from_defs_folder takes it as the module's definitions.
-defs = dg.Definitions.merge(*(stream_definitions(spec) for spec in OTHER_STREAMS))
+defs = dg.Definitions.merge(*(landing.definitions() for landing in STREAM_LANDINGS.values()))
