@@ -73,7 +73,7 @@ def test_sensors_and_resources():
 # (`dg.load_from_defs_folder`): a module added, removed or defining a twin shows up here.
 EXPECTED_DEFINITIONS = {
     "assets": sorted(EXPECTED_LINEAGE),
-    "asset_checks": [
+    "asset_checks": sorted([
         "company_house_bulk_reconciliations:not_null_company_house_bulk_reconciliations_file_date",
         "company_house_bulk_reconciliations:unique_company_house_bulk_reconciliations_file_date",
         "company_house_core:accepted_values_company_house_core_company_status__active__dissolved__liquidation__receivership__converted_closed__voluntary_arrangement__insolvency_proceedings__administration__open__closed__registered__removed",
@@ -89,7 +89,8 @@ EXPECTED_DEFINITIONS = {
         "snapshot_streamed_data:accepted_values_snapshot_streamed_data_event_type__changed__deleted",
         "snapshot_streamed_data:not_null_snapshot_streamed_data_company_number",
         "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
-    ],
+        *(f"{topic}_stream:timepoints_contiguous" for topic in OTHER_TOPICS),
+    ]),
     "sensors": sorted(["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention",
                        *(f"{topic}_kafka_sensor" for topic in OTHER_TOPICS)]),
     "schedules": ["company_house_bulk_monthly"],

@@ -8,6 +8,7 @@ catalogue topic (``company_house_officers``, ...), so the lineage page shows eac
 - ``<topic>_stream`` (= ``spec.landing_table``): the landing asset, exactly the companies landing
   (``defs.stream.land_stream``: runs carry their offset ranges as run config, no partitions) with
   the envelope parser and the stream's table; unparseable messages go to ``spec.rejects_table``;
+- ``<topic>_stream:timepoints_contiguous``: the completeness check, run in every landing run;
 - ``<topic>_stream_job`` and ``<topic>_kafka_sensor``: the job and the sensor that launches it for
   new offsets (``defs.stream.build_kafka_sensor``).
 
@@ -82,6 +83,44 @@ def landing_asset(spec: StreamSpec, topic: dg.AssetSpec) -> dg.AssetsDefinition:
     return landing
 
 
+COMPLETENESS_CHECK = "timepoints_contiguous"
+
+
+def describe_gaps(gaps: list[tuple[int, int]]) -> str:
+    """``[(101, 103), (250, 250)]`` -> ``101-103, 250``."""
+    return ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps)
+
+
+def completeness_check(spec: StreamSpec, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """Timepoints increase by one within a stream, so a missing one is an event the warehouse never
+    got (lost before Kafka, or rejected). The check runs in each landing run, after the landing."""
+
+    @dg.asset_check(
+        asset=asset,
+        name=COMPLETENESS_CHECK,
+        pool="duckdb",  # it reads the DuckDB file, which one process at a time may open
+        description=f"Every timepoint of {spec.path} between the first and the last landed is in "
+        f"{spec.landing_table} (server duplicates aside); a gap fails, naming the missing range.",
+    )
+    def timepoints_contiguous(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        coverage = warehouse.warehouse().timepoint_coverage(spec)
+        metadata = {
+            "first_timepoint": dg.MetadataValue.int(coverage.first if coverage.first is not None else -1),
+            "last_timepoint": dg.MetadataValue.int(coverage.last if coverage.last is not None else -1),
+            "missing_timepoints": dg.MetadataValue.int(coverage.missing),
+            "gaps": dg.MetadataValue.json([list(gap) for gap in coverage.gaps]),
+        }
+        if coverage.first is None:
+            return dg.AssetCheckResult(passed=True, description="nothing landed yet", metadata=metadata)
+        if not coverage.gaps:
+            description = f"timepoints {coverage.first}-{coverage.last} all landed"
+            return dg.AssetCheckResult(passed=True, description=description, metadata=metadata)
+        description = f"missing timepoints {describe_gaps(coverage.gaps)} (of {coverage.first}-{coverage.last})"
+        return dg.AssetCheckResult(passed=False, description=description, metadata=metadata)
+
+    return timepoints_contiguous
+
+
 @dataclass(frozen=True)
 class StreamLandingDefs:
     """What one stream adds to the code location."""
@@ -89,22 +128,26 @@ class StreamLandingDefs:
     api: dg.AssetSpec
     topic: dg.AssetSpec
     asset: dg.AssetsDefinition
+    check: dg.AssetChecksDefinition
     job: Any  # the UnresolvedAssetJobDefinition of build_landing_job
     sensor: dg.SensorDefinition
 
     def definitions(self) -> dg.Definitions:
-        return dg.Definitions(assets=[self.api, self.topic, self.asset], jobs=[self.job], sensors=[self.sensor])
+        return dg.Definitions(
+            assets=[self.api, self.topic, self.asset], asset_checks=[self.check], jobs=[self.job], sensors=[self.sensor]
+        )
 
 
 def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     api = streaming_api_spec(spec)
     topic = topic_spec(spec, api)
     asset = landing_asset(spec, topic)
+    check = completeness_check(spec, asset)
     job = build_landing_job(asset, f"{spec.landing_table}_job")
     sensor = build_kafka_sensor(
         minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
     )
-    return StreamLandingDefs(api, topic, asset, job, sensor)
+    return StreamLandingDefs(api, topic, asset, check, job, sensor)
 
 
 # Each stream's definitions by stream name (tests take a stream's asset, job and sensor from here).

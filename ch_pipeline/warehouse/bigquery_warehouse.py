@@ -26,7 +26,13 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
-from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
+from ch_pipeline.warehouse.landing import (
+    LandingBatch,
+    TimepointCoverage,
+    offsets_predicate,
+    timepoint_gaps_sql,
+    timepoint_range_sql,
+)
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, Column, bigquery_ddl, bigquery_schema, landing_columns
 
 # Deletes by Kafka coordinates touch few blocks when the table is clustered on them.
@@ -198,6 +204,13 @@ class BigQueryWarehouse:
         dataset = f"{self.project}.{self.dataset}"
         script = ";\n".join(bigquery_ddl(table, columns, dataset, CLUSTERING_FIELDS) for table, columns in landed_tables(stream))
         self.client.query(script + ";", location=self.location).result()
+
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        self.create_stream_tables(stream)
+        table = f"`{self._ref(stream.landing_table)}`"
+        [(first, last)] = [tuple(row.values()) for row in self.client.query(timepoint_range_sql(table), location=self.location).result()]
+        gaps = [tuple(row.values()) for row in self.client.query(timepoint_gaps_sql(table), location=self.location).result()]
+        return TimepointCoverage(first, last, gaps)
 
     def land(self, batch: LandingBatch) -> None:
         tables = landed_tables(batch.stream)

@@ -12,7 +12,13 @@ import duckdb
 from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
-from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
+from ch_pipeline.warehouse.landing import (
+    LandingBatch,
+    TimepointCoverage,
+    offsets_predicate,
+    timepoint_gaps_sql,
+    timepoint_range_sql,
+)
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, duckdb_ddl, landing_columns
 
@@ -78,6 +84,13 @@ class DuckDBWarehouse:
     def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: BulkLimits | None = None) -> int:
         with connect(self.path) as con:
             return load_duckdb(con, source, file_date, progress=progress, limits=limits or DEFAULT_LIMITS)
+
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        with connect(self.path) as con:
+            create_stream_tables(con, stream)
+            [(first, last)] = con.execute(timepoint_range_sql(stream.landing_table)).fetchall()
+            gaps = [tuple(row) for row in con.execute(timepoint_gaps_sql(stream.landing_table)).fetchall()]
+        return TimepointCoverage(first, last, gaps)
 
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)

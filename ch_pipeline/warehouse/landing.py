@@ -33,6 +33,43 @@ class LandingBatch:
     stream: StreamSpec = STREAMS[COMPANIES]
 
 
+@dataclass(frozen=True)
+class TimepointCoverage:
+    """Which timepoints of a stream have landed: the first and last (None: nothing landed) and the
+    missing ranges in between, inclusive, in order (at most ``MAX_GAPS`` of them)."""
+
+    first: int | None
+    last: int | None
+    gaps: list[tuple[int, int]]
+
+    @property
+    def missing(self) -> int:
+        return sum(last - first + 1 for first, last in self.gaps)
+
+
+MAX_GAPS = 100
+
+
+def timepoint_gaps_sql(table: str) -> str:
+    """SQL (DuckDB and BigQuery alike) of the missing timepoint ranges of a landing table, one row
+    (first_missing, last_missing) per gap. DISTINCT: the server re-sends an event now and then (same
+    timepoint twice), which is no gap; rejected messages have no row and so show as a gap."""
+    return f"""
+WITH landed AS (
+  SELECT DISTINCT timepoint FROM {table} WHERE timepoint IS NOT NULL
+), steps AS (
+  SELECT timepoint, LEAD(timepoint) OVER (ORDER BY timepoint) AS next_timepoint FROM landed
+)
+SELECT timepoint + 1 AS first_missing, next_timepoint - 1 AS last_missing
+FROM steps WHERE next_timepoint > timepoint + 1
+ORDER BY first_missing
+LIMIT {MAX_GAPS}"""
+
+
+def timepoint_range_sql(table: str) -> str:
+    return f"SELECT MIN(timepoint), MAX(timepoint) FROM {table}"
+
+
 class Warehouse(Protocol):
     """Every operation the assets need of a warehouse."""
 
@@ -48,6 +85,9 @@ class Warehouse(Protocol):
         """In ``batch.stream``'s tables, replace, atomically, every row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
+
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        """The landed timepoints of ``stream`` (its landing table; empty coverage when it does not exist yet)."""
 
     def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: "BulkLimits | None" = None) -> int:
         """Replace the bulk table with the cleaned snapshot at ``source`` (a path or an allowed

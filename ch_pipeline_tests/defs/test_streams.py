@@ -171,3 +171,32 @@ def test_the_deployed_sensor_of_a_stream_requests_landings_of_its_topic_only(bro
     materialization = instance.get_latest_materialization_event(dg.AssetKey(spec.landing_table)).asset_materialization
     assert materialization.metadata["landing"].value == later.run_key
     assert materialization.metadata["rows"].value == sum(m.valid for m in more.values())
+
+
+def test_the_completeness_check_passes_over_duplicates_and_names_a_missing_range(broker, topic_name, tmp_path, instance):
+    """Insolvency events 1..80 with the server's duplicate re-sends land complete; then timepoints
+    31-33 are withheld (lost before Kafka) and the check fails naming exactly them."""
+    name, spec = "insolvency-cases", stream("insolvency-cases")
+    broker.create_topic(topic_name, PARTITIONS)
+    kafka = kafka_for(broker, name, topic_name)
+    landing = STREAM_LANDINGS[name]
+
+    def land_and_check(events: list[dict], warehouse: WarehouseResource) -> dg.AssetCheckEvaluation:
+        sent = produce(kafka.bootstrap_servers, topic_name, stream_messages(name, events))
+        ranges = ",".join(f"p{p}:{min(o for q, o in sent if q == p)}-{max(o for q, o in sent if q == p)}"
+                          for p in sorted({p for p, _ in sent}))  # fmt: skip
+        result = dg.materialize([landing.asset, landing.check], run_config=landing_run_config(ranges, spec.landing_table),
+                                instance=instance, resources={"kafka": kafka, "warehouse": warehouse})  # fmt: skip
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    events = generate_stream_events(name, 80, seed=13)
+    timepoints = [e["event"]["timepoint"] for e in events]
+    assert len(timepoints) > len(set(timepoints)), "the generator re-sent some events"
+    complete = land_and_check(events, WarehouseResource(duckdb_path=str(tmp_path / "complete.duckdb")))
+    assert complete.passed and complete.description == "timepoints 1-80 all landed"
+
+    holed = land_and_check([e for e in events if e["event"]["timepoint"] not in (31, 32, 33, 60)],
+                           WarehouseResource(duckdb_path=str(tmp_path / "holed.duckdb")))  # fmt: skip
+    assert not holed.passed and holed.description == "missing timepoints 31-33, 60 (of 1-80)"
+    assert holed.metadata["gaps"].value == [[31, 33], [60, 60]] and holed.metadata["missing_timepoints"].value == 4

@@ -21,7 +21,7 @@ from ch_pipeline.warehouse.bigquery_warehouse import (
     to_csv,
 )
 from ch_pipeline.warehouse.envelope_rows import envelope_parser
-from ch_pipeline.warehouse.landing import LandingBatch
+from ch_pipeline.warehouse.landing import LandingBatch, TimepointCoverage
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, STREAM_TABLE, arrow_schema, landing_columns
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
@@ -115,9 +115,9 @@ def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_e
     bigquery_emulator, bigquery_dataset, tmp_path  # noqa: F811
 ):
     """PSCs: JSON lists (natures_of_control) and names with commas go through the CSV load unchanged,
-    and BigQuery holds what DuckDB holds for the same batch."""
+    and BigQuery holds what DuckDB holds for the same batch; both see the same timepoint gap."""
     spec = stream("persons-with-significant-control")
-    events = generate_stream_events(spec.name, 300, seed=9)
+    events = [e for e in generate_stream_events(spec.name, 300, seed=9) if not 100 <= e["event"]["timepoint"] <= 102]
     values = [json.dumps(event).encode() for event in events] + [b"{oops", b"[]"]
     key = format_partition_key([OffsetRange(0, 0, len(values) - 1)])
     builder = StreamBatchBuilder(key, datetime(2024, 6, 1, 12, tzinfo=timezone.utc), envelope_parser(spec),
@@ -145,3 +145,5 @@ def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_e
     assert any(row[names.split(", ").index("natures_of_control")].startswith("[") for row in remote)
     assert rejects == [len(events), len(events) + 1]
     assert sorted(t.table_id for t in client.list_tables(bigquery_dataset)) == sorted([spec.landing_table, spec.rejects_table])
+    coverage = resource.warehouse().timepoint_coverage(spec)
+    assert coverage == local.warehouse().timepoint_coverage(spec) == TimepointCoverage(1, 300, [(100, 102)])
