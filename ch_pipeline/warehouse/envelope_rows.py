@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from ch_pipeline.companies_house.streams import StreamSpec
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, arrow_schema, landing_columns
-from ch_pipeline.warehouse.stream_rows import _ISO_TIMESTAMP, _engine
+from ch_pipeline.warehouse.stream_rows import ISO_TIMESTAMP, parse_engine
 
 REJECT_SCHEMA = arrow_schema(REJECT_COLUMNS)
 
@@ -108,7 +108,7 @@ CASE
   {company_rule}
   WHEN {_t('$.event.timepoint')} IS DISTINCT FROM 'UBIGINT' OR TRY_CAST({timepoint} AS BIGINT) IS NULL
     THEN 'event.timepoint ' || coalesce({timepoint}, 'missing') || ' is not a non-negative 64-bit integer'
-  WHEN {_t('$.event.published_at')} IS DISTINCT FROM 'VARCHAR' OR NOT regexp_full_match({published}, '{_ISO_TIMESTAMP}')
+  WHEN {_t('$.event.published_at')} IS DISTINCT FROM 'VARCHAR' OR NOT regexp_full_match({published}, '{ISO_TIMESTAMP}')
        OR TRY_CAST({published} AS TIMESTAMPTZ) IS NULL
     THEN 'event.published_at ' || coalesce({published}, 'missing') || ' is not an ISO timestamp'
 END"""
@@ -156,7 +156,7 @@ FROM parsed
 def parse_envelope_messages(spec: StreamSpec, raw: pa.Table, stream_partition: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
     """(landing rows, reject rows) of an Arrow table in ``stream_rows.RAW_SCHEMA``; every message is in exactly one."""
     row_schema = arrow_schema(landing_columns(spec))
-    with _engine().cursor() as con:
+    with parse_engine().cursor() as con:
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
         parsed = con.sql(envelope_query(spec), params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()

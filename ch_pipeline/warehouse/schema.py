@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from ch_pipeline.companies_house.streams import COMPANIES, StreamSpec
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 
-STREAM_TABLE = "company_house_stream"
-REJECTS_TABLE = "company_house_stream_rejects"
+# The companies stream's tables (every stream's: StreamSpec.landing_table / rejects_table).
+STREAM_TABLE = STREAMS[COMPANIES].landing_table
+REJECTS_TABLE = STREAMS[COMPANIES].rejects_table
 BULK_TABLE = "company_house_bulk"
 
 
@@ -59,18 +60,23 @@ COMPANY_COLUMNS = [
     Column("postal_code", pa.string(), "Registered office postcode; NULL when the address is missing."),
 ]
 
-STREAM_COLUMNS = [
-    *COMPANY_COLUMNS,
-    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
-    Column("event_type", pa.string(), "changed or deleted."),
-    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position); NULL for flat tutorial records."),
-    Column("resource_kind", pa.string(), "e.g. company-profile."),
+# Where a message came from and which landing wrote it: the last columns of every stream's landing table.
+KAFKA_COLUMNS = [
     Column("kafka_partition", pa.int32(), "Kafka partition of the message.", nullable=False),
     Column("kafka_offset", pa.int64(), "Kafka offset of the message.", nullable=False),
     Column("kafka_timestamp", _TIMESTAMP, "Kafka message timestamp (UTC)."),
     Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
     Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
     Column("raw_event", pa.string(), "The Kafka message value as received (UTF-8 JSON)."),
+]
+
+STREAM_COLUMNS = [
+    *COMPANY_COLUMNS,
+    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
+    Column("event_type", pa.string(), "changed or deleted."),
+    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position); NULL for flat tutorial records."),
+    Column("resource_kind", pa.string(), "e.g. company-profile."),
+    *KAFKA_COLUMNS,
 ]
 
 REJECT_COLUMNS = [
@@ -98,8 +104,6 @@ ENVELOPE_COLUMNS = [
     Column("timepoint", pa.int64(), "The stream's event timepoint (resume position, increasing within the stream)."),
     Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
 ]
-# Where the message came from and which landing wrote it, as the companies table has them.
-KAFKA_COLUMNS = STREAM_COLUMNS[STREAM_COLUMNS.index(next(c for c in STREAM_COLUMNS if c.name == "kafka_partition")):]
 
 
 def row_field_columns(spec: StreamSpec) -> list[Column]:

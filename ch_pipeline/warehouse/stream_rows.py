@@ -94,7 +94,7 @@ def _flat(name: str) -> str:
 
 
 _ISO_DATE = r"\d{4}-\d{2}-\d{2}"
-_ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
 
 
 def _bad_date(text: str) -> str:
@@ -102,7 +102,7 @@ def _bad_date(text: str) -> str:
 
 
 def _bad_timestamp(text: str) -> str:
-    return f"({text} IS NULL OR NOT regexp_full_match({text}, '{_ISO_TIMESTAMP}') OR TRY_CAST({text} AS TIMESTAMPTZ) IS NULL)"
+    return f"({text} IS NULL OR NOT regexp_full_match({text}, '{ISO_TIMESTAMP}') OR TRY_CAST({text} AS TIMESTAMPTZ) IS NULL)"
 
 
 _EVENT_NUMBER = (
@@ -221,14 +221,14 @@ def raw_messages_table(messages: list[Any]) -> pa.Table:
 
 
 @functools.cache
-def _engine() -> duckdb.DuckDBPyConnection:
+def parse_engine() -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB per process (its JSON extension loads once); each parse uses a cursor."""
     return duckdb.connect(":memory:")
 
 
 def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
     """(stream rows, reject rows) of an Arrow table in ``RAW_SCHEMA``; every message is in exactly one."""
-    with _engine().cursor() as con:
+    with parse_engine().cursor() as con:
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
         parsed = con.sql(_PARSE, params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()

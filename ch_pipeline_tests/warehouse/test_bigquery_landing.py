@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from ch_pipeline.companies_house.stream_events import generate_stream_events
-from ch_pipeline.companies_house.streams import stream
+from ch_pipeline.companies_house.streams import STREAM_NAMES, stream
 from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, parse_partition_key
 from ch_pipeline.warehouse.bigquery_warehouse import (
@@ -147,3 +147,26 @@ def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_e
     assert sorted(t.table_id for t in client.list_tables(bigquery_dataset)) == sorted([spec.landing_table, spec.rejects_table])
     coverage = resource.warehouse().timepoint_coverage(spec)
     assert coverage == local.warehouse().timepoint_coverage(spec) == TimepointCoverage(1, 300, [(100, 102)])
+
+
+def test_every_streams_tables_are_created_and_landed_on_the_bigquery_emulator(bigquery_emulator, bigquery_dataset):  # noqa: F811
+    """The DDL and MERGE of each stream's columns (filings has columns named ``type`` and ``date``)."""
+    resource = WarehouseResource(
+        kind="bigquery", gcp_project=bigquery_emulator.project, bigquery_dataset=bigquery_dataset,
+        bigquery_api_endpoint=bigquery_emulator.endpoint,
+    )  # fmt: skip
+    client = resource.bigquery_client()
+    for name in STREAM_NAMES:
+        if name == "companies":
+            continue
+        spec = stream(name)
+        values = [json.dumps(event).encode() for event in generate_stream_events(name, 20, seed=3)]
+        key = format_partition_key([OffsetRange(0, 0, len(values) - 1)])
+        builder = StreamBatchBuilder(key, datetime(2024, 6, 1, tzinfo=timezone.utc), envelope_parser(spec),
+                                     arrow_schema(landing_columns(spec)))  # fmt: skip
+        builder.add(FakeMessage(0, offset, value) for offset, value in enumerate(values))
+        batch = LandingBatch(key, parse_partition_key(key), builder.stream_table(), builder.rejects_table(), stream=spec)
+        resource.warehouse().land(batch)
+        table = client.get_table(f"{bigquery_dataset}.{spec.landing_table}")
+        assert [f.name for f in table.schema] == [c.name for c in landing_columns(spec)], name
+        assert table.num_rows == len(values) == batch.rows.num_rows, name
