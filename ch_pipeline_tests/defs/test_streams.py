@@ -163,8 +163,14 @@ def test_the_deployed_sensor_of_a_stream_requests_landings_of_its_topic_only(bro
     assert not idle.run_requests and "no new messages in " + topic_name in idle.skip_reason.skip_message
 
     more = produce(kafka.bootstrap_servers, topic_name, stream_messages("officers", events[40:]))
-    second = land_everything("officers", sensor, instance, kafka, warehouse, cursor=first.cursor)
+    second = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"kafka": kafka}))
     (later,) = second.run_requests
+    # The daemon's part: the sensor's job (landing, then the completeness check) with the request's config.
+    job_defs = dg.Definitions.merge(STREAM_LANDINGS["officers"].definitions(),
+                                    dg.Definitions(resources={"kafka": kafka, "warehouse": warehouse}))  # fmt: skip
+    run = job_defs.resolve_job_def(sensor.job_name).execute_in_process(run_config=later.run_config, instance=instance, tags=later.tags)
+    (check,) = run.get_asset_check_evaluations()
+    assert run.success and check.passed and check.check_name == "timepoints_contiguous"
     assert all(f"p{p}:{ends[p]}-" in later.run_key for p in {p for p, _ in more})
     landed = {(r["kafka_partition"], r["kafka_offset"]) for r in table(warehouse, spec.landing_table)}
     assert landed == {c for c, m in {**sent, **more}.items() if m.valid}
