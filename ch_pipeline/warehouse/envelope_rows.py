@@ -62,12 +62,27 @@ def json_path(path: str) -> str:
     return "$.data." + path.replace("[]", "[*]")
 
 
-def _row_field(path: str, scalar_index: int) -> str:
-    if not is_spread(path):
-        # json_extract_string: a string's value, any other JSON value as its compact JSON text.
-        return f"scalars[{scalar_index}]"
-    matches = f"CASE WHEN t IS NOT NULL THEN json_extract(text, '{json_path(path)}') END"
-    return f"CASE WHEN len({matches}) > 0 THEN CAST(to_json({matches}) AS VARCHAR) END"
+def _parsed_only(expression: str) -> str:
+    """``expression`` for parsed documents only (the JSON functions raise on malformed JSON)."""
+    return f"CASE WHEN t IS NOT NULL THEN {expression} END"
+
+
+def _row_fields(spec: StreamSpec) -> tuple[list[str], list[str]]:
+    """SQL of the row fields: (extractions for the ``documents`` step, output columns).
+
+    Scalar paths are read in one ``json_extract_string`` call (a string's value, any other JSON value
+    as its compact text); each spread path by its own ``json_extract`` (a list of JSON values)."""
+    scalars = [(column, path) for column, path in spec.row_fields if not is_spread(path)]
+    extractions, outputs = [], []
+    if scalars:
+        extractions.append(_parsed_only(f"json_extract_string(text, {[json_path(path) for _, path in scalars]})") + " AS scalars")
+    for column, path in spec.row_fields:
+        if is_spread(path):
+            extractions.append(_parsed_only(f"json_extract(text, '{json_path(path)}')") + f" AS spread_{column}")
+            outputs.append(f"CASE WHEN len(spread_{column}) > 0 THEN CAST(to_json(spread_{column}) AS VARCHAR) END AS {column}")
+        else:
+            outputs.append(f"scalars[{scalars.index((column, path)) + 1}] AS {column}")
+    return extractions, outputs
 
 
 def _keys(spec: StreamSpec) -> tuple[str, str]:
@@ -118,11 +133,8 @@ END"""
 def envelope_query(spec: StreamSpec) -> str:
     """The parse of one chunk of ``spec``'s messages: every message's error (NULL for a good one),
     its landing-row fields and its reject-row fields. TRY_CAST: rejected rows are computed too."""
-    scalar_paths = [json_path(path) for _, path in spec.row_fields if not is_spread(path)]
-    scalar_index = {path: position + 1 for position, path in enumerate(p for _, p in spec.row_fields if not is_spread(p))}
-    row_fields = ",\n  ".join(f"{_row_field(path, scalar_index.get(path, 0))} AS {column}" for column, path in spec.row_fields)
+    extractions, row_fields = _row_fields(spec)
     company, item = _keys(spec)
-    scalars = f"json_extract_string(text, {scalar_paths})" if scalar_paths else "CAST([] AS VARCHAR[])"
     return f"""
 WITH decoded AS (
   SELECT *, TRY(decode(value)) AS text FROM raw_messages
@@ -130,8 +142,7 @@ WITH decoded AS (
   -- One parse yields validity and every type: json_type raises on malformed JSON, TRY makes it NULL.
   SELECT *, TRY(json_type(text, {_TYPES})) AS t FROM decoded
 ), documents AS (
-  SELECT *, CASE WHEN t IS NOT NULL THEN json_extract_string(text, {_TEXTS}) END AS v,
-         CASE WHEN t IS NOT NULL THEN {scalars} END AS scalars
+  SELECT *, CASE WHEN t IS NOT NULL THEN json_extract_string(text, {_TEXTS}) END AS v{"".join(", " + e for e in extractions)}
   FROM typed
 ), keyed AS (
   SELECT *, {company} AS company_number, {item} AS item_id FROM documents
@@ -144,8 +155,7 @@ SELECT
   {_v('$.event.type')} AS event_type,
   TRY_CAST({_v('$.event.timepoint')} AS BIGINT) AS timepoint,
   TRY_CAST({_v('$.event.published_at')} AS TIMESTAMPTZ) AS published_at,
-  {row_fields},
-  kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
+  {"".join(f + ", " for f in row_fields)}kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
   CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64

@@ -106,7 +106,14 @@ ENVELOPE_COLUMNS = [
 ]
 
 
+# Names a row field cannot take: the landing table's own columns, and the parser's working names.
+_TAKEN_NAMES = {c.name for c in ENVELOPE_COLUMNS + KAFKA_COLUMNS} | {"error", "kafka_key", "raw_value_base64"}
+
+
 def row_field_columns(spec: StreamSpec) -> list[Column]:
+    taken = sorted(_TAKEN_NAMES & {column for column, _ in spec.row_fields})
+    if taken:
+        raise ValueError(f"stream {spec.name}: row fields {taken} would shadow landing table columns; rename them")
     return [
         Column(column, pa.string(), f"data.{path} as text (lists and objects as compact JSON); NULL when missing.")
         for column, path in spec.row_fields
