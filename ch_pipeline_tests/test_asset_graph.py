@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ch_pipeline.companies_house.streams import STREAMS
 from ch_pipeline.definitions import defs
+
+# Every stream but companies: API -> topic -> landing, in a group named by its topic (ch_pipeline.defs.streams).
+OTHER_TOPICS = [spec.default_topic for spec in STREAMS.values() if spec.name != "companies"]
+OTHER_STREAMS_LINEAGE, OTHER_STREAMS_GROUP = {}, {}
+for topic in OTHER_TOPICS:
+    OTHER_STREAMS_LINEAGE |= {
+        f"{topic}_streaming_api": set(),
+        f"{topic}_topic": {f"{topic}_streaming_api"},
+        f"{topic}_stream": {f"{topic}_topic"},
+    }
+    OTHER_STREAMS_GROUP |= {f"{topic}_{suffix}": topic for suffix in ("streaming_api", "topic", "stream")}
 
 # asset -> its upstream assets, as the lineage graph shows them
 EXPECTED_LINEAGE = {
@@ -17,6 +29,7 @@ EXPECTED_LINEAGE = {
     "company_house_core": {"snapshot_streamed_data", "company_house_deletions", "company_house_stream", "company_house_bulk"},
     "get_last_timestamp": {"snapshot_streamed_data", "company_house_core"},
     "company_house_bulk_reconciliations": {"company_house_core"},
+    **OTHER_STREAMS_LINEAGE,
 }
 
 
@@ -32,17 +45,26 @@ def test_asset_graph_matches_the_design():
     partitioned = {key.to_user_string(): graph.get(key).partitions_def for key in graph.get_all_asset_keys() if graph.get(key).partitions_def}
     assert list(partitioned) == ["company_house_bulk"]
     assert isinstance(partitioned["company_house_bulk"], dg.MonthlyPartitionsDefinition)
-    # The API and the topic are external: the producer feeds the topic, Dagster does not.
+    # The APIs and the topics are external: the producers feed the topics, Dagster does not.
     assert {k.to_user_string() for k in graph.get_all_asset_keys() if not graph.get(k).is_materializable} == {
         "company_house_streaming_api",
         "company_house_topic",
+        *(f"{topic}_{suffix}" for topic in OTHER_TOPICS for suffix in ("streaming_api", "topic")),
     }
-    # One group for the whole path, so the lineage page opens on all of it.
-    assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"company_house"}
+    # One group for the companies path, API to watermark, and one per other stream named by its topic,
+    # so the lineage page stays readable.
+    groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert {asset: group for asset, group in groups.items() if asset not in OTHER_STREAMS_LINEAGE} == {
+        asset: "company_house" for asset in EXPECTED_LINEAGE if asset not in OTHER_STREAMS_LINEAGE
+    }
+    assert {asset: group for asset, group in groups.items() if asset in OTHER_STREAMS_LINEAGE} == OTHER_STREAMS_GROUP
 
 
 def test_sensors_and_resources():
-    assert {s.name for s in defs.sensors} == {"company_house_kafka_sensor", "ch_dbt_automation", "dagster_history_retention"}
+    assert {s.name for s in defs.sensors} == {
+        "company_house_kafka_sensor", "ch_dbt_automation", "dagster_history_retention",
+        *(f"{topic}_kafka_sensor" for topic in OTHER_TOPICS),
+    }  # fmt: skip
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
     assert set(defs.resources) == {"kafka", "warehouse", "dbt"}
 
@@ -51,7 +73,7 @@ def test_sensors_and_resources():
 # (`dg.load_from_defs_folder`): a module added, removed or defining a twin shows up here.
 EXPECTED_DEFINITIONS = {
     "assets": sorted(EXPECTED_LINEAGE),
-    "asset_checks": [
+    "asset_checks": sorted([
         "company_house_bulk_reconciliations:not_null_company_house_bulk_reconciliations_file_date",
         "company_house_bulk_reconciliations:unique_company_house_bulk_reconciliations_file_date",
         "company_house_core:accepted_values_company_house_core_company_status__active__dissolved__liquidation__receivership__converted_closed__voluntary_arrangement__insolvency_proceedings__administration__open__closed__registered__removed",
@@ -67,10 +89,13 @@ EXPECTED_DEFINITIONS = {
         "snapshot_streamed_data:accepted_values_snapshot_streamed_data_event_type__changed__deleted",
         "snapshot_streamed_data:not_null_snapshot_streamed_data_company_number",
         "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
-    ],
-    "sensors": ["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention"],
+        *(f"{topic}_stream:timepoints_contiguous" for topic in OTHER_TOPICS),
+    ]),
+    "sensors": sorted(["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention",
+                       *(f"{topic}_kafka_sensor" for topic in OTHER_TOPICS)]),
     "schedules": ["company_house_bulk_monthly"],
-    "jobs": ["__ASSET_JOB", "company_house_bulk_monthly_job", "company_house_stream_job"],
+    "jobs": sorted(["__ASSET_JOB", "company_house_bulk_monthly_job", "company_house_stream_job",
+                    *(f"{topic}_stream_job" for topic in OTHER_TOPICS)]),
     "resources": ["dbt", "kafka", "warehouse"],
 }
 

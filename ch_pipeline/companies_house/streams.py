@@ -61,6 +61,16 @@ class StreamSpec:
         """``persons-with-significant-control`` -> ``PERSONS_WITH_SIGNIFICANT_CONTROL`` (env names)."""
         return self.name.upper().replace("-", "_")
 
+    # The warehouse tables, named after the catalogue topic (a contract with the dbt models: the
+    # topic name in Kafka may be configured differently, the table names never change).
+    @property
+    def landing_table(self) -> str:
+        return f"{self.default_topic}_stream"
+
+    @property
+    def rejects_table(self) -> str:
+        return f"{self.default_topic}_stream_rejects"
+
 
 STREAMS: dict[str, StreamSpec] = {
     spec.name: spec

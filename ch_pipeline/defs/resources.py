@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional
 
 import dagster as dg
 from pydantic import field_validator
 
+from ch_pipeline.companies_house.streams import COMPANIES, stream
 from ch_pipeline.settings import (
     DEFAULT_DATA_DIR,
     DEFAULT_TOPIC,
@@ -64,17 +65,26 @@ class KafkaResource(DeployedResource):
     """Where the topic lives: the local broker by default, Confluent Cloud via a config file or SASL env."""
 
     DEPLOYED: ClassVar[str] = (
-        "The Kafka topic: KAFKA_TOPIC on KAFKA_BOOTSTRAP_SERVERS or KAFKA_CONFIG_FILE, KAFKA_SECURITY_PROTOCOL, "
+        "The Kafka topics: KAFKA_TOPIC (companies) and KAFKA_TOPIC_<STREAM> on KAFKA_BOOTSTRAP_SERVERS or KAFKA_CONFIG_FILE, KAFKA_SECURITY_PROTOCOL, "
         "KAFKA_SASL_* of the code server. Not configurable at launch."
     )
 
     bootstrap_servers: Optional[str] = None
     config_file: Optional[str] = None
-    topic: str = DEFAULT_TOPIC
+    topic: str = DEFAULT_TOPIC  # the companies stream's
+    # Every other stream's topic by stream name (KAFKA_TOPIC_<STREAM>); a stream not named here is
+    # in its catalogue topic (``StreamSpec.default_topic``).
+    stream_topics: Dict[str, str] = {}
     security_protocol: Optional[str] = None
     sasl_mechanism: Optional[str] = None
     sasl_username: Optional[str] = None
     sasl_password: Optional[str] = None
+
+    def topic_of(self, stream_name: str) -> str:
+        """The Kafka topic of stream ``stream_name`` (``ch_pipeline.companies_house.streams``)."""
+        if stream_name == COMPANIES:
+            return self.topic
+        return self.stream_topics.get(stream_name) or stream(stream_name).default_topic
 
     def client_config(self) -> dict[str, str]:
         """The librdkafka config (SASL credentials only with SASL_SSL: ``settings.kafka_client_config``)."""
@@ -89,6 +99,7 @@ class KafkaResource(DeployedResource):
             "bootstrap_servers": settings.kafka_bootstrap_servers,
             "config_file": str(settings.kafka_config_file) if settings.kafka_config_file else None,
             "topic": settings.kafka_topic,
+            "stream_topics": {name: other.topic for name, other in settings.streams.items()},
             "security_protocol": settings.kafka_security_protocol,
             "sasl_mechanism": settings.kafka_sasl_mechanism,
             "sasl_username": settings.kafka_sasl_username,

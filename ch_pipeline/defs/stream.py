@@ -1,4 +1,5 @@
-"""The Kafka sensor and the ``company_house_stream`` asset (docs/architecture.md §5).
+"""The Kafka sensor and the ``company_house_stream`` asset (docs/architecture.md §5); the landing,
+job and sensor builders here also serve every other stream (``ch_pipeline.defs.streams``).
 
 Exactly once, end to end: a landing is an immutable set of Kafka offset ranges named by its key
 (``p0:1200-1349,p1:800-899``). The sensor cuts new ranges and requests one run each, the key as
@@ -22,6 +23,7 @@ import json
 import dagster as dg
 import pyarrow.compute as pc
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.sources import company_house_topic
@@ -57,8 +59,22 @@ class StreamLanding(dg.Config):
     offsets: str
 
 
-def landing_run_config(offsets: str) -> dg.RunConfig:
-    return dg.RunConfig(ops={"company_house_stream": StreamLanding(offsets=offsets)})
+def landing_run_config(offsets: str, asset_name: str = "company_house_stream") -> dg.RunConfig:
+    """The run config of a landing of ``asset_name`` (a stream's ``landing_table``)."""
+    return dg.RunConfig(ops={asset_name: StreamLanding(offsets=offsets)})
+
+
+def land_stream(
+    context: dg.AssetExecutionContext, stream: StreamSpec, offsets: str, kafka: KafkaResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The body of every stream's landing asset: read the offsets, land them, report what landed."""
+    # Read and parse everything before touching the warehouse, so the DuckDB file is held only
+    # for the landing transaction itself.
+    batch = read_stream_partition(kafka.client_config(), kafka.topic_of(stream.name), offsets, stream)
+    warehouse.warehouse().land(batch)
+    if batch.rejects.num_rows:
+        context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in {stream.rejects_table}")
+    return dg.MaterializeResult(metadata=landing_metadata(batch))
 
 
 @dg.asset(
@@ -76,30 +92,29 @@ def landing_run_config(offsets: str) -> dg.RunConfig:
 def company_house_stream(
     context: dg.AssetExecutionContext, config: StreamLanding, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    # Read and parse everything before touching the warehouse, so the DuckDB file is held only
-    # for the landing transaction itself.
-    batch = read_stream_partition(kafka.client_config(), kafka.topic, config.offsets)
-    warehouse.warehouse().land(batch)
-    if batch.rejects.num_rows:
-        context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in company_house_stream_rejects")
-    return dg.MaterializeResult(metadata=landing_metadata(batch))
+    return land_stream(context, STREAMS[COMPANIES], config.offsets, kafka, warehouse)
 
 
-# The landing runs are small and frequent: one process per run instead of another per step saves
-# ~2 s and a CPU-second of each (docs/architecture.md §11).
-company_house_stream_job = dg.define_asset_job(
-    "company_house_stream_job",
-    selection=[company_house_stream],
-    executor_def=dg.in_process_executor,
-    # A landing takes seconds (plus at most one other run's turn in the duckdb pool): a run still
-    # STARTED after this is one whose worker died unseen (with its code server), and run monitoring
-    # fails it so that run retries land its offsets again.
-    tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS)},
-)
+def build_landing_job(asset: dg.AssetsDefinition, name: str):
+    """The job a stream's sensor launches: its landing asset alone."""
+    return dg.define_asset_job(
+        name,
+        selection=[asset],
+        # The landing runs are small and frequent: one process per run instead of another per step
+        # saves ~2 s and a CPU-second of each (docs/architecture.md §11).
+        executor_def=dg.in_process_executor,
+        # A landing takes seconds (plus at most one other run's turn in the duckdb pool): a run still
+        # STARTED after this is one whose worker died unseen (with its code server), and run monitoring
+        # fails it so that run retries land its offsets again.
+        tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS)},
+    )
 
 
-def landing_request(offsets: str) -> dg.RunRequest:
-    return dg.RunRequest(run_key=offsets, run_config=landing_run_config(offsets), tags={OFFSETS_TAG: offsets})
+company_house_stream_job = build_landing_job(company_house_stream, "company_house_stream_job")
+
+
+def landing_request(offsets: str, asset_name: str = "company_house_stream") -> dg.RunRequest:
+    return dg.RunRequest(run_key=offsets, run_config=landing_run_config(offsets, asset_name), tags={OFFSETS_TAG: offsets})
 
 
 def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
@@ -137,23 +152,27 @@ def write_cursor(offsets: dict[int, int]) -> str:
 def build_kafka_sensor(
     max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
     minimum_interval_seconds: int = DEFAULT_MINIMUM_INTERVAL_SECONDS,
-    name: str = "company_house_kafka_sensor",
+    name: str | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
+    stream: StreamSpec = STREAMS[COMPANIES],
+    job=company_house_stream_job,  # a build_landing_job job
 ) -> dg.SensorDefinition:
-    """The sensor that turns new Kafka offsets into landing runs."""
+    """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
+    them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``."""
 
     @dg.sensor(
-        name=name,
-        job=company_house_stream_job,
+        name=name or f"{stream.default_topic}_kafka_sensor",
+        job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=f"Polls the Kafka topic; cuts new offsets into landings of at most {max_batch_messages} messages.",
     )
     def kafka_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
         cursor = read_cursor(context.cursor)
+        topic = kafka.topic_of(stream.name)
         try:
-            lows, ends = probe_offsets(kafka.client_config(), kafka.topic, timeout=probe_timeout_seconds)
+            lows, ends = probe_offsets(kafka.client_config(), topic, timeout=probe_timeout_seconds)
         except (KafkaUnavailable, TopicMissing) as exc:
             return dg.SkipReason(str(exc))
         starts = {}
@@ -173,11 +192,11 @@ def build_kafka_sensor(
         batches = cut_batches(starts, ends, max_batch_messages)
         if not batches:
             return dg.SensorResult(
-                skip_reason=f"no new messages in {kafka.topic} (next offsets {write_cursor(starts)})",
+                skip_reason=f"no new messages in {topic} (next offsets {write_cursor(starts)})",
                 cursor=write_cursor({**cursor, **starts}),
             )
         return dg.SensorResult(
-            run_requests=[landing_request(format_partition_key(batch)) for batch in batches],
+            run_requests=[landing_request(format_partition_key(batch), stream.landing_table) for batch in batches],
             cursor=write_cursor({**cursor, **starts, **next_offsets(batches)}),
         )
 

@@ -22,25 +22,27 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
-from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
-from ch_pipeline.warehouse.schema import (
-    BULK_TABLE,
-    REJECT_COLUMNS,
-    REJECTS_TABLE,
-    STREAM_COLUMNS,
-    STREAM_TABLE,
-    Column,
-    bigquery_ddl,
-    bigquery_schema,
+from ch_pipeline.warehouse.landing import (
+    LandingBatch,
+    TimepointCoverage,
+    offsets_predicate,
+    timepoint_gaps_sql,
+    timepoint_range_sql,
 )
+from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, Column, bigquery_ddl, bigquery_schema, landing_columns
 
 # Deletes by Kafka coordinates touch few blocks when the table is clustered on them.
 CLUSTERING_FIELDS = ["kafka_partition", "kafka_offset"]
-# Rejects first: once a partition's stream rows are visible, its rejects are too.
-_LANDED_TABLES = ((REJECTS_TABLE, REJECT_COLUMNS), (STREAM_TABLE, STREAM_COLUMNS))
+
+
+def landed_tables(stream: StreamSpec) -> tuple[tuple[str, list[Column]], ...]:
+    """``stream``'s tables with their columns, rejects first: once a landing's rows are visible, its rejects are too."""
+    return ((stream.rejects_table, REJECT_COLUMNS), (stream.landing_table, landing_columns(stream)))
+
 
 # The bulk cleaning query's dialect (bulk_cleaning.cleaning_select).
 BIGQUERY = Dialect(
@@ -136,10 +138,12 @@ def replace_statement(dataset: str, table: str, staging: str, columns: list[Colu
     )
 
 
-def landing_script(dataset: str, staging: dict[str, str], ranges: Sequence[OffsetRange]) -> str:
+def landing_script(
+    dataset: str, staging: dict[str, str], ranges: Sequence[OffsetRange], stream: StreamSpec = STREAMS[COMPANIES]
+) -> str:
     """The query that replaces the batch's offsets: one MERGE per table, rejects first."""
     return ";\n".join(
-        replace_statement(dataset, table, staging[table], columns, ranges) for table, columns in _LANDED_TABLES
+        replace_statement(dataset, table, staging[table], columns, ranges) for table, columns in landed_tables(stream)
     ) + ";"
 
 
@@ -195,18 +199,26 @@ class BigQueryWarehouse:
     def _ref(self, table: str) -> str:
         return f"{self.project}.{self.dataset}.{table}"
 
-    def create_stream_tables(self) -> None:
+    def create_stream_tables(self, stream: StreamSpec = STREAMS[COMPANIES]) -> None:
         # DDL, not the REST schema: it keeps NOT NULL (REQUIRED), which the emulator refuses over REST.
         dataset = f"{self.project}.{self.dataset}"
-        script = ";\n".join(bigquery_ddl(table, columns, dataset, CLUSTERING_FIELDS) for table, columns in _LANDED_TABLES)
+        script = ";\n".join(bigquery_ddl(table, columns, dataset, CLUSTERING_FIELDS) for table, columns in landed_tables(stream))
         self.client.query(script + ";", location=self.location).result()
 
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        self.create_stream_tables(stream)
+        table = f"`{self._ref(stream.landing_table)}`"
+        [(first, last)] = [tuple(row.values()) for row in self.client.query(timepoint_range_sql(table), location=self.location).result()]
+        gaps = [tuple(row.values()) for row in self.client.query(timepoint_gaps_sql(table), location=self.location).result()]
+        return TimepointCoverage(first, last, gaps)
+
     def land(self, batch: LandingBatch) -> None:
-        self.create_stream_tables()
-        staging = {table: staging_table_name(table, batch.stream_partition) for table, _ in _LANDED_TABLES}
+        tables = landed_tables(batch.stream)
+        self.create_stream_tables(batch.stream)
+        staging = {table: staging_table_name(table, batch.stream_partition) for table, _ in tables}
         try:
-            rows_of = {STREAM_TABLE: batch.rows, REJECTS_TABLE: batch.rejects}
-            for table, columns in _LANDED_TABLES:
+            rows_of = {batch.stream.landing_table: batch.rows, batch.stream.rejects_table: batch.rejects}
+            for table, columns in tables:
                 rows = rows_of[table]
                 job = self.client.load_table_from_file(
                     io.BytesIO(to_csv(rows)),
@@ -215,7 +227,7 @@ class BigQueryWarehouse:
                 )
                 job.result()
             self.client.query(
-                landing_script(f"{self.project}.{self.dataset}", staging, batch.ranges), location=self.location
+                landing_script(f"{self.project}.{self.dataset}", staging, batch.ranges, batch.stream), location=self.location
             ).result()
         finally:
             for name in staging.values():

@@ -12,8 +12,15 @@ import duckdb
 from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
-from ch_pipeline.warehouse.landing import LandingBatch, offsets_predicate
-from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, REJECTS_TABLE, STREAM_COLUMNS, STREAM_TABLE, duckdb_ddl
+from ch_pipeline.warehouse.landing import (
+    LandingBatch,
+    TimepointCoverage,
+    offsets_predicate,
+    timepoint_gaps_sql,
+    timepoint_range_sql,
+)
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
+from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, duckdb_ddl, landing_columns
 
 # The bulk cleaning query's dialect (bulk_cleaning.cleaning_select).
 DUCKDB = Dialect(
@@ -34,10 +41,10 @@ def connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def create_stream_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """The stream tables on an open connection (``DuckDBWarehouse.create_stream_tables`` opens one)."""
-    con.execute(duckdb_ddl(STREAM_TABLE, STREAM_COLUMNS))
-    con.execute(duckdb_ddl(REJECTS_TABLE, REJECT_COLUMNS))
+def create_stream_tables(con: duckdb.DuckDBPyConnection, stream: StreamSpec = STREAMS[COMPANIES]) -> None:
+    """``stream``'s tables on an open connection (``DuckDBWarehouse.create_stream_tables`` opens one)."""
+    con.execute(duckdb_ddl(stream.landing_table, landing_columns(stream)))
+    con.execute(duckdb_ddl(stream.rejects_table, REJECT_COLUMNS))
 
 
 def duckdb_read_csv(path: Path) -> str:
@@ -70,18 +77,25 @@ class DuckDBWarehouse:
     def from_config(cls, config) -> "DuckDBWarehouse":
         return cls(Path(config.duckdb_path))
 
-    def create_stream_tables(self) -> None:
+    def create_stream_tables(self, stream: StreamSpec = STREAMS[COMPANIES]) -> None:
         with connect(self.path) as con:
-            create_stream_tables(con)
+            create_stream_tables(con, stream)
 
     def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: BulkLimits | None = None) -> int:
         with connect(self.path) as con:
             return load_duckdb(con, source, file_date, progress=progress, limits=limits or DEFAULT_LIMITS)
 
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        with connect(self.path) as con:
+            create_stream_tables(con, stream)
+            [(first, last)] = con.execute(timepoint_range_sql(stream.landing_table)).fetchall()
+            gaps = [tuple(row) for row in con.execute(timepoint_gaps_sql(stream.landing_table)).fetchall()]
+        return TimepointCoverage(first, last, gaps)
+
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)
         with connect(self.path) as con:
-            create_stream_tables(con)
+            create_stream_tables(con, batch.stream)
             # Arrow tables are scanned in place by DuckDB (no row-by-row inserts); the column
             # lists come from the schema so the table's column order never matters.
             con.register("landing_rows", batch.rows)
@@ -89,8 +103,8 @@ class DuckDBWarehouse:
             con.begin()
             try:
                 for table, columns, source in (
-                    (STREAM_TABLE, STREAM_COLUMNS, "landing_rows"),
-                    (REJECTS_TABLE, REJECT_COLUMNS, "landing_rejects"),
+                    (batch.stream.landing_table, landing_columns(batch.stream), "landing_rows"),
+                    (batch.stream.rejects_table, REJECT_COLUMNS, "landing_rejects"),
                 ):
                     names = ", ".join(c.name for c in columns)
                     con.execute(f"DELETE FROM {table} WHERE {predicate}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange
 
 if TYPE_CHECKING:
@@ -21,13 +22,52 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LandingBatch:
-    """One landing, parsed: its offset ranges, stream rows and reject rows."""
+    """One landing of one stream, parsed: its offset ranges, landing rows and reject rows. The
+    stream names the tables they land in (``stream.landing_table``, ``stream.rejects_table``)."""
 
     stream_partition: str
     ranges: Sequence[OffsetRange]
     rows: pa.Table
     rejects: pa.Table
     message_bytes: int = 0
+    stream: StreamSpec = STREAMS[COMPANIES]
+
+
+@dataclass(frozen=True)
+class TimepointCoverage:
+    """Which timepoints of a stream have landed: the first and last (None: nothing landed) and the
+    missing ranges in between, inclusive, in order (at most ``MAX_GAPS`` of them)."""
+
+    first: int | None
+    last: int | None
+    gaps: list[tuple[int, int]]
+
+    @property
+    def missing(self) -> int:
+        return sum(last - first + 1 for first, last in self.gaps)
+
+
+MAX_GAPS = 100
+
+
+def timepoint_gaps_sql(table: str) -> str:
+    """SQL (DuckDB and BigQuery alike) of the missing timepoint ranges of a landing table, one row
+    (first_missing, last_missing) per gap. DISTINCT: the server re-sends an event now and then (same
+    timepoint twice), which is no gap; rejected messages have no row and so show as a gap."""
+    return f"""
+WITH landed AS (
+  SELECT DISTINCT timepoint FROM {table} WHERE timepoint IS NOT NULL
+), steps AS (
+  SELECT timepoint, LEAD(timepoint) OVER (ORDER BY timepoint) AS next_timepoint FROM landed
+)
+SELECT timepoint + 1 AS first_missing, next_timepoint - 1 AS last_missing
+FROM steps WHERE next_timepoint > timepoint + 1
+ORDER BY first_missing
+LIMIT {MAX_GAPS}"""
+
+
+def timepoint_range_sql(table: str) -> str:
+    return f"SELECT MIN(timepoint), MAX(timepoint) FROM {table}"
 
 
 class Warehouse(Protocol):
@@ -38,13 +78,16 @@ class Warehouse(Protocol):
         """The warehouse ``config`` (the warehouse resource: ``duckdb_path``, ``gcp_project``, ...) points at.
         Called inside a run, never while the definitions load (it may open a client)."""
 
-    def create_stream_tables(self) -> None:
-        """Create the stream and reject tables if missing (idempotent DDL from ``schema.py``)."""
+    def create_stream_tables(self, stream: StreamSpec = STREAMS[COMPANIES]) -> None:
+        """Create ``stream``'s landing and reject tables if missing (idempotent DDL from ``schema.py``)."""
 
     def land(self, batch: LandingBatch) -> None:
-        """Replace, atomically, every stream and reject row whose Kafka coordinates lie in
+        """In ``batch.stream``'s tables, replace, atomically, every row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
+
+    def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
+        """The landed timepoints of ``stream`` (its landing table; empty coverage when it does not exist yet)."""
 
     def load_bulk(self, source: str, file_date: date, progress: Progress = print, limits: "BulkLimits | None" = None) -> int:
         """Replace the bulk table with the cleaned snapshot at ``source`` (a path or an allowed

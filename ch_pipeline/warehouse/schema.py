@@ -12,8 +12,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-STREAM_TABLE = "company_house_stream"
-REJECTS_TABLE = "company_house_stream_rejects"
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
+
+# The companies stream's tables (every stream's: StreamSpec.landing_table / rejects_table).
+STREAM_TABLE = STREAMS[COMPANIES].landing_table
+REJECTS_TABLE = STREAMS[COMPANIES].rejects_table
 BULK_TABLE = "company_house_bulk"
 
 
@@ -57,18 +60,23 @@ COMPANY_COLUMNS = [
     Column("postal_code", pa.string(), "Registered office postcode; NULL when the address is missing."),
 ]
 
-STREAM_COLUMNS = [
-    *COMPANY_COLUMNS,
-    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
-    Column("event_type", pa.string(), "changed or deleted."),
-    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position); NULL for flat tutorial records."),
-    Column("resource_kind", pa.string(), "e.g. company-profile."),
+# Where a message came from and which landing wrote it: the last columns of every stream's landing table.
+KAFKA_COLUMNS = [
     Column("kafka_partition", pa.int32(), "Kafka partition of the message.", nullable=False),
     Column("kafka_offset", pa.int64(), "Kafka offset of the message.", nullable=False),
     Column("kafka_timestamp", _TIMESTAMP, "Kafka message timestamp (UTC)."),
     Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
     Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
     Column("raw_event", pa.string(), "The Kafka message value as received (UTF-8 JSON)."),
+]
+
+STREAM_COLUMNS = [
+    *COMPANY_COLUMNS,
+    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
+    Column("event_type", pa.string(), "changed or deleted."),
+    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position); NULL for flat tutorial records."),
+    Column("resource_kind", pa.string(), "e.g. company-profile."),
+    *KAFKA_COLUMNS,
 ]
 
 REJECT_COLUMNS = [
@@ -81,6 +89,43 @@ REJECT_COLUMNS = [
     Column("stream_partition", pa.string(), "Dagster partition key (the offset range) that landed the row.", nullable=False),
     Column("ingested_at", _TIMESTAMP, "When the landing run wrote the row (UTC).", nullable=False),
 ]
+
+# The landing table of every stream but companies: the envelope, then the stream's row fields as
+# text (scalars as text, lists/objects as compact JSON; dbt types them), then the Kafka coordinates.
+ENVELOPE_COLUMNS = [
+    Column("company_number", pa.string(), "Company number from resource_uri (/company/<number>/...); "
+           "NULL for items not under a company (disqualified officers)."),
+    Column("item_id", pa.string(), "The item as Companies House keys it: the last resource_uri segment, else "
+           "resource_id; the company number for streams with one item per company (insolvency, exemptions)."),
+    Column("resource_kind", pa.string(), "e.g. company-officers, individual-beneficial-owner."),
+    Column("resource_uri", pa.string(), "The item's path, as sent (the exemptions stream omits the leading slash)."),
+    Column("resource_id", pa.string(), "The envelope's resource_id, as sent."),
+    Column("event_type", pa.string(), "changed or deleted."),
+    Column("timepoint", pa.int64(), "The stream's event timepoint (resume position, increasing within the stream)."),
+    Column("published_at", _TIMESTAMP, "When Companies House published the event (UTC)."),
+]
+
+
+# Names a row field cannot take: the landing table's own columns, and the parser's working names.
+_TAKEN_NAMES = {c.name for c in ENVELOPE_COLUMNS + KAFKA_COLUMNS} | {"error", "kafka_key", "raw_value_base64"}
+
+
+def row_field_columns(spec: StreamSpec) -> list[Column]:
+    taken = sorted(_TAKEN_NAMES & {column for column, _ in spec.row_fields})
+    if taken:
+        raise ValueError(f"stream {spec.name}: row fields {taken} would shadow landing table columns; rename them")
+    return [
+        Column(column, pa.string(), f"data.{path} as text (lists and objects as compact JSON); NULL when missing.")
+        for column, path in spec.row_fields
+    ]
+
+
+def landing_columns(spec: StreamSpec) -> list[Column]:
+    """The landing table of ``spec`` (``spec.landing_table``); its rejects table has ``REJECT_COLUMNS``."""
+    if spec.name == COMPANIES:
+        return STREAM_COLUMNS
+    return [*ENVELOPE_COLUMNS, *row_field_columns(spec), *KAFKA_COLUMNS]
+
 
 BULK_COLUMNS = [
     *COMPANY_COLUMNS,

@@ -23,7 +23,7 @@ import functools
 import operator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import duckdb
 import numpy as np
@@ -94,7 +94,7 @@ def _flat(name: str) -> str:
 
 
 _ISO_DATE = r"\d{4}-\d{2}-\d{2}"
-_ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
+ISO_TIMESTAMP = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?"
 
 
 def _bad_date(text: str) -> str:
@@ -102,7 +102,7 @@ def _bad_date(text: str) -> str:
 
 
 def _bad_timestamp(text: str) -> str:
-    return f"({text} IS NULL OR NOT regexp_full_match({text}, '{_ISO_TIMESTAMP}') OR TRY_CAST({text} AS TIMESTAMPTZ) IS NULL)"
+    return f"({text} IS NULL OR NOT regexp_full_match({text}, '{ISO_TIMESTAMP}') OR TRY_CAST({text} AS TIMESTAMPTZ) IS NULL)"
 
 
 _EVENT_NUMBER = (
@@ -221,14 +221,14 @@ def raw_messages_table(messages: list[Any]) -> pa.Table:
 
 
 @functools.cache
-def _engine() -> duckdb.DuckDBPyConnection:
+def parse_engine() -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB per process (its JSON extension loads once); each parse uses a cursor."""
     return duckdb.connect(":memory:")
 
 
 def parse_raw_messages(raw: pa.Table, stream_partition: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
     """(stream rows, reject rows) of an Arrow table in ``RAW_SCHEMA``; every message is in exactly one."""
-    with _engine().cursor() as con:
+    with parse_engine().cursor() as con:
         con.execute("SET TimeZone = 'UTC'")  # published_at without an offset is UTC
         con.register("raw_messages", raw)
         parsed = con.sql(_PARSE, params={"stream_partition": stream_partition, "ingested_at": ingested_at}).to_arrow_table()
@@ -254,9 +254,19 @@ class StreamBatchBuilder:
     (DuckDB releases the GIL); the read waits when ``MAX_QUEUED_CHUNKS`` are still unparsed.
     """
 
-    def __init__(self, stream_partition: str, ingested_at: datetime) -> None:
+    def __init__(
+        self,
+        stream_partition: str,
+        ingested_at: datetime,
+        parse: Callable[[pa.Table, str, datetime], tuple[pa.Table, pa.Table]] = parse_raw_messages,
+        row_schema: pa.Schema = STREAM_SCHEMA,
+    ) -> None:
+        """``parse``/``row_schema``: the companies parser by default; the other streams pass theirs
+        (``envelope_rows.envelope_parser``), so reading, threading and memory bounds stay one code path."""
         self.stream_partition = stream_partition
         self.ingested_at = ingested_at
+        self._parse_chunk = parse
+        self._row_schema = row_schema
         self.bytes = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-rows")
         self._pending: list[Future] = []
@@ -267,7 +277,7 @@ class StreamBatchBuilder:
         raw = raw_messages_table(list(messages))
         self.bytes += pc.sum(pc.binary_length(raw.column("value"))).as_py() or 0
         self.bytes += pc.sum(pc.binary_length(raw.column("kafka_key"))).as_py() or 0
-        self._pending.append(self._worker.submit(parse_raw_messages, raw, self.stream_partition, self.ingested_at))
+        self._pending.append(self._worker.submit(self._parse_chunk, raw, self.stream_partition, self.ingested_at))
         self._parsed = None
         if len(self._pending) > MAX_QUEUED_CHUNKS:  # the read waits for the parser: bounded memory
             self._pending[-MAX_QUEUED_CHUNKS - 1].result()
@@ -279,7 +289,7 @@ class StreamBatchBuilder:
             finally:
                 self._worker.shutdown(wait=False)
             self._parsed = (
-                pa.concat_tables([rows for rows, _ in parts]) if parts else STREAM_SCHEMA.empty_table(),
+                pa.concat_tables([rows for rows, _ in parts]) if parts else self._row_schema.empty_table(),
                 pa.concat_tables([rejects for _, rejects in parts]) if parts else REJECT_SCHEMA.empty_table(),
             )
         return self._parsed

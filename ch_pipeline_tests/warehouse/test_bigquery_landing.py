@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
+from ch_pipeline.companies_house.stream_events import generate_stream_events
+from ch_pipeline.companies_house.streams import STREAM_NAMES, stream
 from ch_pipeline.defs.resources import WarehouseResource
-from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key
+from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, parse_partition_key
 from ch_pipeline.warehouse.bigquery_warehouse import (
     has_line_breaks,
     landing_script,
@@ -18,8 +20,9 @@ from ch_pipeline.warehouse.bigquery_warehouse import (
     staging_table_name,
     to_csv,
 )
-from ch_pipeline.warehouse.landing import LandingBatch
-from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, STREAM_TABLE
+from ch_pipeline.warehouse.envelope_rows import envelope_parser
+from ch_pipeline.warehouse.landing import LandingBatch, TimepointCoverage
+from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, STREAM_TABLE, arrow_schema, landing_columns
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.warehouse.messages import corpus
@@ -106,3 +109,64 @@ def test_landing_on_the_bigquery_emulator_is_idempotent(bigquery_emulator, bigqu
     assert [r[0] for r in rejects] == [o for o, m in enumerate(messages) if not m.valid]
     assert tables == ["company_house_stream", "company_house_stream_rejects"]  # staging tables dropped
     assert json.loads(batch.rows.column("raw_event")[0].as_py())
+
+
+def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_emulator(
+    bigquery_emulator, bigquery_dataset, tmp_path  # noqa: F811
+):
+    """PSCs: JSON lists (natures_of_control) and names with commas go through the CSV load unchanged,
+    and BigQuery holds what DuckDB holds for the same batch; both see the same timepoint gap."""
+    spec = stream("persons-with-significant-control")
+    events = [e for e in generate_stream_events(spec.name, 300, seed=9) if not 100 <= e["event"]["timepoint"] <= 102]
+    values = [json.dumps(event).encode() for event in events] + [b"{oops", b"[]"]
+    key = format_partition_key([OffsetRange(0, 0, len(values) - 1)])
+    builder = StreamBatchBuilder(key, datetime(2024, 6, 1, 12, tzinfo=timezone.utc), envelope_parser(spec),
+                                 arrow_schema(landing_columns(spec)))  # fmt: skip
+    builder.add(FakeMessage(0, offset, value, b"k") for offset, value in enumerate(values))
+    batch = LandingBatch(key, parse_partition_key(key), builder.stream_table(), builder.rejects_table(), stream=spec)
+    resource = WarehouseResource(
+        kind="bigquery", gcp_project=bigquery_emulator.project, bigquery_dataset=bigquery_dataset,
+        bigquery_api_endpoint=bigquery_emulator.endpoint,
+    )  # fmt: skip
+    resource.warehouse().land(batch)
+    resource.warehouse().land(batch)  # a rerun replaces, never duplicates
+    local = WarehouseResource(duckdb_path=str(tmp_path / "w.duckdb"))
+    local.warehouse().land(batch)
+
+    names = ", ".join(c.name for c in landing_columns(spec) if c.name not in ("raw_event", "ingested_at", "kafka_timestamp"))
+    query = f"SELECT {names} FROM {{}} ORDER BY kafka_offset"
+    client = resource.bigquery_client()
+    remote = [tuple(r.values()) for r in client.query(query.format(f"`{bigquery_dataset}.{spec.landing_table}`")).result()]
+    rejects = [r[0] for r in client.query(f"SELECT kafka_offset FROM `{bigquery_dataset}.{spec.rejects_table}` ORDER BY 1").result()]
+    with local.duckdb_connection() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        expected = con.execute(query.format(spec.landing_table)).fetchall()
+    assert len(remote) == len(events) and remote == expected
+    assert any(row[names.split(", ").index("natures_of_control")].startswith("[") for row in remote)
+    assert rejects == [len(events), len(events) + 1]
+    assert sorted(t.table_id for t in client.list_tables(bigquery_dataset)) == sorted([spec.landing_table, spec.rejects_table])
+    coverage = resource.warehouse().timepoint_coverage(spec)
+    assert coverage == local.warehouse().timepoint_coverage(spec) == TimepointCoverage(1, 300, [(100, 102)])
+
+
+def test_every_streams_tables_are_created_and_landed_on_the_bigquery_emulator(bigquery_emulator, bigquery_dataset):  # noqa: F811
+    """The DDL and MERGE of each stream's columns (filings has columns named ``type`` and ``date``)."""
+    resource = WarehouseResource(
+        kind="bigquery", gcp_project=bigquery_emulator.project, bigquery_dataset=bigquery_dataset,
+        bigquery_api_endpoint=bigquery_emulator.endpoint,
+    )  # fmt: skip
+    client = resource.bigquery_client()
+    for name in STREAM_NAMES:
+        if name == "companies":
+            continue
+        spec = stream(name)
+        values = [json.dumps(event).encode() for event in generate_stream_events(name, 20, seed=3)]
+        key = format_partition_key([OffsetRange(0, 0, len(values) - 1)])
+        builder = StreamBatchBuilder(key, datetime(2024, 6, 1, tzinfo=timezone.utc), envelope_parser(spec),
+                                     arrow_schema(landing_columns(spec)))  # fmt: skip
+        builder.add(FakeMessage(0, offset, value) for offset, value in enumerate(values))
+        batch = LandingBatch(key, parse_partition_key(key), builder.stream_table(), builder.rejects_table(), stream=spec)
+        resource.warehouse().land(batch)
+        table = client.get_table(f"{bigquery_dataset}.{spec.landing_table}")
+        assert [f.name for f in table.schema] == [c.name for c in landing_columns(spec)], name
+        assert table.num_rows == len(values) == batch.rows.num_rows, name
