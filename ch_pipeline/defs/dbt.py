@@ -183,6 +183,14 @@ after_new_stream_data = (
 # its own (the stream models are subsettable): a landing of the officers stream rebuilds
 # officers_current, and then company_overview, not the other streams' models.
 after_new_input = (ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress()).with_label("after new input")
+# company_overview: only once some stream model exists (the core alone, built after every landing of
+# the companies stream, would otherwise rebuild an overview of nothing but the core).
+OVERVIEW_MODEL = "company_overview"
+overview_after_new_input = (
+    ParentMaterializedAfterLastBuild()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).ignore(dg.AssetSelection.assets(CORE_MODEL))
+).with_label("after new input, once a stream model exists")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
 # the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20
@@ -213,7 +221,7 @@ class ChDbtTranslator(DagsterDbtTranslator):
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
         if is_stream_model(dbt_resource_props):
-            return after_new_input
+            return overview_after_new_input if dbt_resource_props["name"] == OVERVIEW_MODEL else after_new_input
         # The other models follow the core: they are in its execution set (see as_one_unit).
         return after_new_stream_data if dbt_resource_props["name"] == CORE_MODEL else None
 
