@@ -278,3 +278,30 @@ def test_the_dbt_catalogue_lists_the_streams_row_fields():
         assert table, landing_table(spec)
         assert re.findall(r"- name: (\w+)", table.group(1)) == [c.name for c in landing_columns(spec)]
     assert set(STREAMS) - {"companies"} == {spec.name for spec in specs().values()}
+
+
+def test_the_stream_models_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):  # noqa: F811
+    """The same SQL on BigQuery: both builds of every stream model equal the truth, and the overview."""
+    from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
+    from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE
+
+    for name, value in bigquery_emulator.env(bigquery_dataset).items():
+        monkeypatch.setenv(name, value)
+    client = bigquery_emulator.client()
+    dataset = f"{bigquery_emulator.project}.{bigquery_dataset}"
+    warehouse = BigQueryWarehouse(client, bigquery_emulator.project, bigquery_dataset)
+    warehouse.create_stream_tables()
+    load_bigquery(client, bigquery_dataset, str(write_sample(tmp_path / "bulk.csv", rows=200, seed=11)), BASELINE_FILE_DATE, progress=lambda _: None)
+    warehouse.land(companies_batch(generate_stream_events("companies", COMPANIES, seed=SEED)))
+
+    def fetch(sql: str) -> list[dict]:
+        sql = re.sub(r"\bfrom (\w+)", lambda m: f"from `{dataset}.{m.group(1)}`", sql)
+        return [dict(row.items()) for row in client.query(sql).result()]
+
+    recording = record(fetch, lambda spec, rows: land_bigquery(client, dataset, spec, rows), dbt_build)
+    for model, stream_history in recording.histories.items():
+        for index in range(2):
+            truth = expected(stream_history.spec, stream_history.truth(index))
+            assert recording.models[index][model] == truth, f"{model}_current differs from the truth after batch {index}"
+    truths = {model: h.truth(1) for model, h in recording.histories.items()}
+    assert recording.overview == overview_truth(recording.core, truths)
