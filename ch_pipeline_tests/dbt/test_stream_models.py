@@ -330,3 +330,25 @@ def test_a_stream_not_landed_yet_builds_an_empty_model_then_fills_it(tmp_path: P
     land_duckdb(db, spec, contract_rows(spec, stream_history.batches[0], "batch-0", datetime.now(timezone.utc)))
     dbt_build("--select", "officers_current")
     assert model_rows(duckdb_fetch(db), spec, "officers") == expected(spec, stream_history.truth(0))
+
+
+def test_dagster_builds_one_stream_model_with_its_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """ch_dbt_stream_models is subsettable: a request for officers_current builds it and its tests
+    (asset checks), nothing of the companies models nor of the other streams."""
+    import dagster as dg
+
+    from ch_pipeline.defs.dbt import ch_dbt_stream_models, dbt_resource
+
+    db = configure_environment(monkeypatch, tmp_path)
+    spec = specs()["officers"]
+    stream_history = history(spec)
+    land_duckdb(db, spec, contract_rows(spec, stream_history.batches[0], "batch-0", datetime.now(timezone.utc)))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([ch_dbt_stream_models], selection=["officers_current"], resources={"dbt": dbt_resource()}, instance=instance)
+    assert result.success
+    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"officers_current"}
+    checks = result.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} == {"unique_officers_current_item_key", "not_null_officers_current_item_key",
+                                              "not_null_officers_current_item_id", "not_null_officers_current_company_number"}
+    assert all(c.passed for c in checks)
+    assert model_rows(duckdb_fetch(db), spec, "officers") == expected(spec, stream_history.truth(0))
