@@ -31,6 +31,15 @@ EXPECTED_LINEAGE = {
     "company_house_bulk_reconciliations": {"company_house_core"},
     **OTHER_STREAMS_LINEAGE,
 }
+# Issue 15: per stream its landing table -> its current-state model; the overview reads the core and five of them.
+STREAM_MODELS = {"filings": "company_house_filings_stream", "officers": "company_house_officers_stream",
+                 "pscs": "company_house_pscs_stream", "charges": "company_house_charges_stream",
+                 "insolvency": "company_house_insolvency_stream",
+                 "disqualified_officers": "company_house_disqualified_officers_stream",
+                 "exemptions": "company_house_exemptions_stream", "psc_statements": "company_house_psc_statements_stream"}  # fmt: skip
+EXPECTED_LINEAGE |= {f"{model}_current": {table} for model, table in STREAM_MODELS.items()}
+EXPECTED_LINEAGE["company_overview"] = {"company_house_core", "officers_current", "pscs_current", "charges_current",
+                                        "insolvency_current", "filings_current"}  # fmt: skip
 
 
 def test_asset_graph_matches_the_design():
@@ -51,13 +60,12 @@ def test_asset_graph_matches_the_design():
         "company_house_topic",
         *(f"{topic}_{suffix}" for topic in OTHER_TOPICS for suffix in ("streaming_api", "topic")),
     }
-    # One group for the companies path, API to watermark, and one per other stream named by its topic,
-    # so the lineage page stays readable.
+    # One group for the companies path, API to watermark (and the overview), and one per other stream
+    # named by its topic, API to current-state model, so the lineage page stays readable.
     groups = {k.to_user_string(): graph.get(k).group_name for k in graph.get_all_asset_keys()}
-    assert {asset: group for asset, group in groups.items() if asset not in OTHER_STREAMS_LINEAGE} == {
-        asset: "company_house" for asset in EXPECTED_LINEAGE if asset not in OTHER_STREAMS_LINEAGE
-    }
-    assert {asset: group for asset, group in groups.items() if asset in OTHER_STREAMS_LINEAGE} == OTHER_STREAMS_GROUP
+    per_stream = OTHER_STREAMS_GROUP | {f"{model}_current": f"company_house_{model}" for model in STREAM_MODELS}
+    assert {asset: group for asset, group in groups.items() if asset in per_stream} == per_stream
+    assert {group for asset, group in groups.items() if asset not in per_stream} == {"company_house"}
 
 
 def test_sensors_and_resources():
@@ -90,6 +98,11 @@ EXPECTED_DEFINITIONS = {
         "snapshot_streamed_data:not_null_snapshot_streamed_data_company_number",
         "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
         *(f"{topic}_stream:timepoints_contiguous" for topic in OTHER_TOPICS),
+        "company_overview:not_null_company_overview_company_number",
+        "company_overview:unique_company_overview_company_number",
+        *(f"{model}_current:{test}_{model}_current_{column}" for model in STREAM_MODELS
+          for test, column in (("not_null", "company_number"), ("not_null", "item_id"), ("not_null", "item_key"), ("unique", "item_key"))
+          if not (model == "disqualified_officers" and column == "company_number")),  # not under a company
     ]),
     "sensors": sorted(["ch_dbt_automation", "company_house_kafka_sensor", "dagster_history_retention",
                        *(f"{topic}_kafka_sensor" for topic in OTHER_TOPICS)]),
@@ -98,6 +111,9 @@ EXPECTED_DEFINITIONS = {
                     *(f"{topic}_stream_job" for topic in OTHER_TOPICS)]),
     "resources": ["dbt", "kafka", "warehouse"],
 }
+
+
+EXPECTED_DEFINITIONS["asset_checks"].sort()
 
 
 def test_definitions_snapshot():

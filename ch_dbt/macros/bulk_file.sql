@@ -94,9 +94,5 @@ from {{ bulk }}
 
 {#- Each company's newest fact among the rows of `relation` (facts: stream events and file rows). -#}
 {% macro newest_fact_per_company(relation) %}
-select * from (
-    select *, row_number() over (partition by company_number order by {{ ch_dbt.event_order_desc() }}) as fact_rank
-    from {{ relation }}
-) as ranked
-where fact_rank = 1
+{{ ch_dbt.newest_event_per(['company_number'], relation, 'fact_rank') }}
 {% endmacro %}

@@ -23,3 +23,23 @@
 {% macro star_except(columns) %}{{ return(adapter.dispatch('star_except', 'ch_dbt')(columns)) }}{% endmacro %}
 {% macro default__star_except(columns) %}* exclude ({{ columns | join(', ') }}){% endmacro %}
 {% macro bigquery__star_except(columns) %}* except ({{ columns | join(', ') }}){% endmacro %}
+
+{#- A cast that yields NULL instead of failing on a malformed value (a stream's text field). -#}
+{% macro safe_cast(expression, type) %}{{ return(adapter.dispatch('safe_cast', 'ch_dbt')(expression, type)) }}{% endmacro %}
+{% macro default__safe_cast(expression, type) %}try_cast({{ expression }} as {{ type }}){% endmacro %}
+{% macro bigquery__safe_cast(expression, type) %}safe_cast({{ expression }} as {{ type }}){% endmacro %}
+
+{#- The number of elements of a JSON array held as text (NULL text: NULL). -#}
+{% macro json_array_length(text_expression) %}{{ return(adapter.dispatch('json_array_length', 'ch_dbt')(text_expression)) }}{% endmacro %}
+{% macro default__json_array_length(text_expression) %}cast(json_array_length({{ text_expression }}) as bigint){% endmacro %}
+{% macro bigquery__json_array_length(text_expression) %}array_length(json_extract_array({{ text_expression }})){% endmacro %}
+
+{#- A timestamp some hours earlier. -#}
+{% macro hours_before(timestamp_expression, hours) %}{{ return(adapter.dispatch('hours_before', 'ch_dbt')(timestamp_expression, hours)) }}{% endmacro %}
+{% macro default__hours_before(timestamp_expression, hours) %}({{ timestamp_expression }} - interval ({{ hours }}) hour){% endmacro %}
+{% macro bigquery__hours_before(timestamp_expression, hours) %}timestamp_sub({{ timestamp_expression }}, interval {{ hours }} hour){% endmacro %}
+
+{#- The type of an absolute instant (the landing tables' TIMESTAMPTZ on DuckDB, TIMESTAMP on BigQuery). -#}
+{% macro type_instant() %}{{ return(adapter.dispatch('type_instant', 'ch_dbt')()) }}{% endmacro %}
+{% macro default__type_instant() %}timestamptz{% endmacro %}
+{% macro bigquery__type_instant() %}timestamp{% endmacro %}

@@ -88,6 +88,18 @@ order_time desc, coalesce(timepoint, -1) desc, coalesce(kafka_partition, -1) des
 )
 {% endmacro %}
 
+{#- The newest event per key among the rows of `relation_sql` (a relation, or a subquery with its alias),
+    which carry order_time, timepoint, kafka_partition, kafka_offset: every column of it plus the rank
+    column (1). The one place the order rule ranks events: the core (per company) and every stream's
+    current-state model (per item, macros/streams.sql) call it. -#}
+{% macro newest_event_per(key_columns, relation_sql, rank_column='event_rank') %}
+select * from (
+    select *, row_number() over (partition by {{ key_columns | join(', ') }} order by {{ ch_dbt.event_order_desc() }}) as {{ rank_column }}
+    from {{ relation_sql }}
+) as ranked
+where {{ rank_column }} = 1
+{% endmacro %}
+
 {#- The latest company-profile event per company among the rows of `relation_sql` (stream rows).
     Flat tutorial records carry no resource_kind/event_type: they are company-profile `changed` events. -#}
 {% macro latest_event_per_company(relation_sql) %}
@@ -95,10 +107,7 @@ select
     company_name, company_number, company_status, date_of_creation, postal_code,
     published_at, event_type, order_time, timepoint, kafka_partition, kafka_offset
 from (
-    select
-        *,
-        row_number() over (partition by company_number order by {{ ch_dbt.event_order_desc() }}) as event_rank
-    from (
+    {%- set events %}(
         select
             company_name,
             company_number,
@@ -114,7 +123,7 @@ from (
         from {{ relation_sql }}
         where coalesce(resource_kind, 'company-profile') = 'company-profile'
           and company_number is not null
-    ) as events
-) as ranked
-where event_rank = 1
+    ) as events{% endset %}
+    {{ ch_dbt.newest_event_per(['company_number'], events) }}
+) as latest
 {% endmacro %}

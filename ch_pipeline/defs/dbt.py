@@ -28,6 +28,10 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
 ch_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 SNAPSHOT_MODEL = "snapshot_streamed_data"
 CORE_MODEL = "company_house_core"
+# The current-state models of the non-companies streams and the company overview (issue 15): their own
+# @dbt_assets (ch_dbt_stream_models), never part of the companies' execution set.
+STREAM_MODELS = "path:models/streams"
+STREAM_SOURCES = "streams"  # the dbt source of the landing tables, one per stream ({default_topic}_stream)
 
 
 def dbt_executable() -> str:
@@ -103,9 +107,12 @@ class InputLandedAfterLastBuild(dg.AutomationCondition):
     def name(self) -> str:
         return "input_landed_after_last_build"
 
+    def input_keys(self, context: dg.AutomationContext) -> list[dg.AssetKey]:
+        return [dg.AssetKey(name) for name in INPUTS]
+
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         instance = context.asset_graph_view.instance
-        records = {r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([context.key, *map(dg.AssetKey, INPUTS)])}
+        records = {r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([context.key, *self.input_keys(context)])}
         newest_input = max(
             (entry.last_materialization_record.timestamp for key, entry in records.items()
              if key != context.key and entry.last_materialization_record),
@@ -114,6 +121,19 @@ class InputLandedAfterLastBuild(dg.AutomationCondition):
         last_build = _last_build_started(instance, records.get(context.key))
         landed_after = newest_input is not None and (last_build is None or newest_input > last_build)
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if landed_after else context.get_empty_subset())
+
+
+class ParentMaterializedAfterLastBuild(InputLandedAfterLastBuild):
+    """The same rule over the asset's own upstream assets (its parents in the graph): true while one
+    of them was materialized after the latest build of this asset started. The stream models' trigger:
+    a `*_current` model after its landing table, company_overview after the core or a current model."""
+
+    @property
+    def name(self) -> str:
+        return "parent_materialized_after_last_build"
+
+    def input_keys(self, context: dg.AutomationContext) -> list[dg.AssetKey]:
+        return sorted(context.asset_graph.get(context.key).parent_keys)
 
 
 def _last_build_started(instance: dg.DagsterInstance, entry) -> float | None:
@@ -159,6 +179,19 @@ after_new_stream_data = (
     InputLandedAfterLastBuild() & ~dg.AutomationCondition.in_progress() & stream_has_landed & bulk_file_loaded
 ).with_label("after new stream data")
 
+# A stream model builds after its inputs changed, one build at a time per model. Each model decides on
+# its own (the stream models are subsettable): a landing of the officers stream rebuilds
+# officers_current, and then company_overview, not the other streams' models.
+after_new_input = (ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress()).with_label("after new input")
+# company_overview: only once some stream model exists (the core alone, built after every landing of
+# the companies stream, would otherwise rebuild an overview of nothing but the core).
+OVERVIEW_MODEL = "company_overview"
+overview_after_new_input = (
+    ParentMaterializedAfterLastBuild()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).ignore(dg.AssetSelection.assets(CORE_MODEL))
+).with_label("after new input, once a stream model exists")
+
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
 # the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20
 # minutes (i.e. no more than 20 minutes after the snapshot).
@@ -167,28 +200,44 @@ CORE_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="10,30,50 * * * *", lower
 
 
 class ChDbtTranslator(DagsterDbtTranslator):
-    """dbt sources -> the assets that land them; models -> one asset each, named like the model."""
+    """dbt sources -> the assets that land them (a stream's landing table: the asset of the same name);
+    models -> one asset each, named like the model; a stream's current-state model in its stream's
+    group, the group of its landing (e.g. officers_current: company_house_officers, ch_pipeline/defs/streams.py)."""
 
     SOURCE_ASSETS = {STREAM_TABLE: dg.AssetKey(STREAM_TABLE), BULK_TABLE: dg.AssetKey(BULK_TABLE)}
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":
+            if dbt_resource_props.get("source_name") == STREAM_SOURCES:
+                return dg.AssetKey(dbt_resource_props["name"])
             return self.SOURCE_ASSETS.get(dbt_resource_props["name"]) or super().get_asset_key(dbt_resource_props)
         return dg.AssetKey(dbt_resource_props["name"])
 
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        name = dbt_resource_props["name"]
+        if is_stream_model(dbt_resource_props) and name.endswith("_current"):
+            return f"company_house_{name.removesuffix('_current')}"
         return ASSET_GROUP
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        if is_stream_model(dbt_resource_props):
+            return overview_after_new_input if dbt_resource_props["name"] == OVERVIEW_MODEL else after_new_input
         # The other models follow the core: they are in its execution set (see as_one_unit).
         return after_new_stream_data if dbt_resource_props["name"] == CORE_MODEL else None
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
-        if not unique_id.startswith("model."):
+        # The stream models promise no deadline yet: how often each stream lands is its landing's affair.
+        if not unique_id.startswith("model.") or is_stream_model(manifest["nodes"][unique_id]):
             return spec
         freshness = SNAPSHOT_FRESHNESS if spec.key == dg.AssetKey(SNAPSHOT_MODEL) else CORE_FRESHNESS
         return spec.replace_attributes(freshness_policy=freshness)
+
+
+def is_stream_model(dbt_resource_props: Mapping[str, Any]) -> bool:
+    """A model of ch_dbt/models/streams (its fqn: project, folder, ..., name)."""
+    fqn = dbt_resource_props.get("fqn") or []
+    return dbt_resource_props.get("resource_type") == "model" and len(fqn) > 2 and fqn[1] == "streams"
 
 
 # The dbt unit tests (ch_dbt/models/core/*unit_tests.yml) check the SQL, not the data: they run in the
@@ -217,6 +266,7 @@ def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
     dagster_dbt_translator=ChDbtTranslator(),
     pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
     name="ch_dbt_models",
+    exclude=STREAM_MODELS,  # the stream models are ch_dbt_stream_models
 )
 def ch_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
     """``dbt build`` of the selected models: models and their tests (asset checks) in DAG order.
@@ -239,6 +289,22 @@ def bulk_file_in_force(instance: dg.DagsterInstance) -> str | None:
     reconciles the core with the bulk table when it holds a newer file, ch_dbt/macros/bulk_file.sql)."""
     latest = instance.get_latest_materialization_event(dg.AssetKey(BULK_TABLE))
     return latest.dagster_event.partition if latest and latest.dagster_event else None
+
+
+@dbt_assets(
+    manifest=prepare_manifest(),
+    project=ch_dbt_project,
+    dagster_dbt_translator=ChDbtTranslator(),
+    select=STREAM_MODELS,
+    pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
+    name="ch_dbt_stream_models",
+)
+def ch_dbt_stream_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+    """``dbt build`` of the selected stream models (issue 15): each `*_current` model after its landing
+    table, company_overview after them and the core. Subsettable: each model is built when its own
+    inputs changed. Its own target folder beside the companies build's (both reuse theirs)."""
+    target_path = dbt_build_target_path().with_name("ch_dbt_stream_models")
+    yield from dbt.cli(DBT_BUILD_ARGS, context=context, target_path=target_path).stream()
 
 
 class DbtCli(DbtCliResource):
@@ -283,10 +349,11 @@ def dbt_resource() -> DbtCliResource:
 
 dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
     "ch_dbt_automation",
-    target=dg.AssetSelection.assets(ch_dbt_models) | dg.AssetSelection.assets(BULK_TABLE),
+    target=dg.AssetSelection.assets(ch_dbt_models) | dg.AssetSelection.assets(ch_dbt_stream_models) | dg.AssetSelection.assets(BULK_TABLE),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=sensor_interval_seconds(30),
-    description="Runs the dbt models after new stream data lands or a bulk file is loaded (and loads the first bulk file).",
+    description="Runs the dbt models after new stream data lands or a bulk file is loaded (and loads the first bulk file); "
+    "each stream's current-state model after its landing table.",
     # The core's condition reads the instance (InputLandedAfterLastBuild): it runs where the code is.
     use_user_code_server=True,
 )

@@ -17,6 +17,10 @@ BULK_COMPANIES = 10_000
 BASELINE_FILE_DATE = date(2023, 12, 1)
 DBT_MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp",
               "company_house_bulk_reconciliations"}
+# The stream models (issue 15, ch_dbt/models/streams): their own assets, ch_dbt_stream_models.
+STREAM_CURRENT_MODELS = {f"{m}_current" for m in ("filings", "officers", "pscs", "charges", "insolvency", "disqualified_officers",
+                                                  "exemptions", "psc_statements")}  # fmt: skip
+STREAM_DBT_MODELS = STREAM_CURRENT_MODELS | {"company_overview"}
 
 
 class Ticks:

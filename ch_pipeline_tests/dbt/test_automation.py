@@ -13,7 +13,7 @@ from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
 from ch_pipeline.definitions import defs
 from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor
 from ch_pipeline.warehouse.schema import BULK_TABLE
-from ch_pipeline_tests.dbt.conftest import DBT_MODELS, Ticks
+from ch_pipeline_tests.dbt.conftest import DBT_MODELS, STREAM_DBT_MODELS, Ticks
 
 # The sequence bulk -> first build -> one request per new landing, with real runs, is
 # asserted on the history in test_dbt_history.py.
@@ -42,11 +42,27 @@ def test_models_run_after_a_landing_while_the_next_landing_is_in_flight(ticks: T
     assert ticks.requested() == DBT_MODELS
 
 
+def test_a_stream_model_runs_after_its_landing_and_the_overview_after_it(ticks: Ticks):
+    """Issue 15: officers_current after company_house_officers_stream landed (not the other streams'
+    models, not the companies models); company_overview once a stream model was built, not before."""
+    instance = ticks.instance
+    materialized(instance, "company_house_bulk", *DBT_MODELS)
+    assert "company_overview" not in ticks.requested()
+    materialized(instance, "company_house_officers_stream")
+    assert ticks.requested() == {"officers_current"}
+    materialized(instance, "officers_current")
+    assert ticks.requested() == {"company_overview"}
+    materialized(instance, "company_overview")
+    assert ticks.requested() == set()
+    materialized(instance, "company_house_officers_stream")
+    assert ticks.requested() == {"officers_current"}
+
+
 def test_sensor_is_running_by_default_and_policies_are_the_tutorials_deadlines():
     assert dbt_automation_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     graph = defs.resolve_asset_graph()
     targeted = {k.to_user_string() for k in dbt_automation_sensor.asset_selection.resolve(graph)}
-    assert targeted == DBT_MODELS | {"company_house_bulk"}
+    assert targeted == DBT_MODELS | STREAM_DBT_MODELS | {"company_house_bulk"}
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
     assert specs["snapshot_streamed_data"].freshness_policy == SNAPSHOT_FRESHNESS
     for model in DBT_MODELS - {"snapshot_streamed_data"}:

@@ -19,7 +19,7 @@ from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_big
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, arrow_schema
 from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
-from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE
+from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, STREAM_DBT_MODELS
 from ch_pipeline_tests.dbt.history import History, expected_core, parse_bulk_csv, stream_rows
 
 MODELS = {"snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp", "company_house_bulk_reconciliations"}
@@ -36,7 +36,7 @@ def test_dbt_parses_for_bigquery_without_network_or_credentials(tmp_path: Path):
     )  # fmt: skip
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["metadata"]["adapter_type"] == "bigquery"
-    assert {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"} == MODELS
+    assert {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"} == MODELS | STREAM_DBT_MODELS
 
 
 def land_on_bigquery(warehouse: BigQueryWarehouse, events, stream_partition: str) -> None:
