@@ -1,10 +1,9 @@
 """The landing tables of the non-companies streams, as the test side sees them (issue 15).
 
-The contract the landing assets write (one table ``{spec.default_topic}_stream`` per stream): the DDL is
-here, in ``landing_columns``, until the landing assets' own schema (ch_pipeline/warehouse/schema.py)
-replaces it. ``landed`` gives generated events their Kafka coordinates; ``contract_rows`` turns them into
-the table's rows (a small converter standing in for the landing's parser); ``land_duckdb`` and
-``land_bigquery`` append them.
+The table the landing assets write (``spec.landing_table``, columns from ch_pipeline/warehouse/schema.py).
+``landed`` gives generated events their Kafka coordinates; ``contract_rows`` turns them into the table's
+rows (a converter written independently of the landing's parser, ch_pipeline/warehouse/envelope_rows.py,
+whose own tests cover the real path); ``land_duckdb`` and ``land_bigquery`` append them.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import pyarrow as pa
 
 from ch_pipeline.companies_house.events import event_bytes
 from ch_pipeline.companies_house.streams import STREAMS, StreamSpec, field_at, item_key_of, kafka_key_of
+from ch_pipeline.warehouse import schema
 from ch_pipeline.warehouse.schema import Column, bigquery_ddl
 
 # dbt model prefix (ch_dbt/macros/streams.sql) -> stream name (streams.py).
@@ -41,33 +41,15 @@ DATE_FIELDS = {"appointed_on", "resigned_on", "notified_on", "ceased_on", "creat
 INT_FIELDS = {"charge_number"}
 JSON_FIELDS = {"natures_of_control", "case_types", "case_dates", "exemption_types"}
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 def landing_table(spec: StreamSpec) -> str:
-    return f"{spec.default_topic}_stream"
+    return spec.landing_table
 
 
 def landing_columns(spec: StreamSpec) -> list[Column]:
-    """The landing contract's columns, in order."""
-    text = pa.string()
-    return [
-        Column("company_number", text, "NULL when not under a company."),
-        Column("item_id", text, "Last resource_uri segment."),
-        Column("resource_kind", text, ""),
-        Column("resource_uri", text, ""),
-        Column("resource_id", text, ""),
-        Column("event_type", text, "changed or deleted."),
-        Column("timepoint", pa.int64(), ""),
-        Column("published_at", _TIMESTAMP, ""),
-        *[Column(column, text, f"data.{path} as text") for column, path in spec.row_fields],
-        Column("kafka_partition", pa.int32(), ""),
-        Column("kafka_offset", pa.int64(), ""),
-        Column("kafka_timestamp", _TIMESTAMP, ""),
-        Column("stream_partition", text, ""),
-        Column("ingested_at", _TIMESTAMP, ""),
-        Column("raw_event", text, ""),
-    ]
+    """The landing table's columns, from the one definition the landing writes (warehouse/schema.py)."""
+    return schema.landing_columns(spec)
 
 
 @dataclass
