@@ -17,7 +17,10 @@ from ch_pipeline.companies_house.stream_events import final_items, generate_stre
 from ch_pipeline.companies_house.streams import STREAM_NAMES, field_at, item_key_of, kafka_key_of, stream
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import OFFSETS_TAG, build_kafka_sensor, landing_run_config
+from ch_pipeline.defs.dbt import ch_dbt_stream_models, dbt_resource
 from ch_pipeline.defs.streams import STREAM_LANDINGS
+from ch_pipeline_tests.dbt.conftest import configure_environment
+from ch_pipeline_tests.dbt.stream_landing import MODEL_STREAMS
 from ch_pipeline_tests.warehouse.messages import Message, produce
 
 OTHER_STREAMS = [name for name in STREAM_NAMES if name != "companies"]
@@ -81,7 +84,7 @@ def as_text(value) -> str | None:
 
 
 @pytest.mark.parametrize("name", OTHER_STREAMS)
-def test_each_stream_lands_every_served_event_once_and_its_bad_messages_as_rejects(broker, topic_name, tmp_path, instance, name):
+def test_each_stream_lands_every_served_event_once_and_its_bad_messages_as_rejects(broker, topic_name, tmp_path, instance, name, monkeypatch):
     spec = stream(name)
     broker.create_topic(topic_name, PARTITIONS)
     kafka = kafka_for(broker, name, topic_name)
@@ -127,6 +130,15 @@ def test_each_stream_lands_every_served_event_once_and_its_bad_messages_as_rejec
             column: as_text(expected[column]) for column, _ in spec.row_fields
         }
         assert current[key]["published_at"] == utc(expected["published_at"])
+
+    # And the stream's dbt model, built by Dagster over these landed rows, holds exactly those items.
+    model = {stream_name: model for model, stream_name in MODEL_STREAMS.items()}[name] + "_current"
+    configure_environment(monkeypatch, tmp_path)  # dbt's profile -> this warehouse file
+    built = dg.materialize([ch_dbt_stream_models], selection=[model], resources={"dbt": dbt_resource()}, instance=instance)
+    assert built.success
+    with duckdb.connect(warehouse.duckdb_path, read_only=True) as con:
+        modelled = set(con.execute(f"select company_number, item_id from {model}").fetchall())
+    assert modelled == set(truth)
 
     # Landing the same ranges again (a re-executed run, same keys) replaces, never duplicates.
     assert all(request.tags[OFFSETS_TAG] == request.run_key for request in result.run_requests)
