@@ -52,19 +52,18 @@
     {{ return(ch_dbt.scalar('select max(file_date) from ' ~ record)) }}
 {% endmacro %}
 
-{#- The file this build reconciles the core with: the loaded file when it is newer than the last one
-    reconciled (none otherwise). As a 'YYYY-MM-DD' string. -#}
-{% macro pending_file_date() %}
+{#- What one build knows of the bulk files, each read once: `loaded` (the file in the bulk table),
+    `reconciled` (the newest the core has taken), `pending` (the loaded file when newer than the
+    reconciled one: this build reconciles the core with it), `newest` (the newer of the two). Dates as
+    'YYYY-MM-DD' strings, none when unknown. -#}
+{% macro bulk_files() %}
     {% set loaded = ch_dbt.loaded_file_date() %}
     {% set reconciled = ch_dbt.reconciled_file_date() %}
-    {% if loaded is none or (reconciled is not none and loaded | string <= reconciled | string) %}{{ return(none) }}{% endif %}
-    {{ return(loaded | string) }}
-{% endmacro %}
-
-{#- The newest file date known to this build, reconciled or about to be (none before any dated file). -#}
-{% macro newest_file_date() %}
-    {% set dates = [ch_dbt.loaded_file_date(), ch_dbt.reconciled_file_date()] | reject('none') | map('string') | list %}
-    {{ return(dates | max if dates else none) }}
+    {% set loaded = loaded | string if loaded is not none else none %}
+    {% set reconciled = reconciled | string if reconciled is not none else none %}
+    {% set pending = loaded if loaded is not none and (reconciled is none or loaded > reconciled) else none %}
+    {% set known = [loaded, reconciled] | reject('none') | list %}
+    {{ return({'loaded': loaded, 'reconciled': reconciled, 'pending': pending, 'newest': known | max if known else none}) }}
 {% endmacro %}
 
 {#- An event older than the newest file that would make a company live: the file contradicts it. -#}
@@ -77,10 +76,10 @@
 {%- endmacro %}
 
 {#- The bulk table's rows as facts (the columns of a stream event): `changed` at the file's instant, no
-    timepoint or Kafka coordinates. A table loaded before files were dated has no instant (NULL: an
-    undated baseline, older than every event). -#}
-{% macro file_facts(bulk) %}
-    {%- set dated = ch_dbt.loaded_file_date() is not none %}
+    timepoint or Kafka coordinates. A table loaded before files were dated (`loaded` none, bulk_files)
+    has no instant (NULL: an undated baseline, older than every event). -#}
+{% macro file_facts(bulk, loaded) %}
+    {%- set dated = loaded is not none %}
 select
     company_name, company_number, company_status, date_of_creation, postal_code,
     cast(null as {{ dbt.type_timestamp() }}) as published_at,

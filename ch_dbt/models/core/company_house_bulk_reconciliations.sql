@@ -3,7 +3,8 @@
     core, from the decision the core's build made: if the core fails, dbt skips this model and the
     next build reconciles again (which changes nothing twice). -#}
 -- depends_on: {{ ref('company_house_core') }}
-{%- set reconciled = ch_dbt.pending_file_date() if is_incremental() else ch_dbt.loaded_file_date() %}
+{%- set files = ch_dbt.bulk_files() %}
+{%- set reconciled = files.pending if is_incremental() else files.loaded %}
 
 select
     {% if reconciled %}date '{{ reconciled }}'{% else %}cast(null as date){% endif %} as file_date,

@@ -16,7 +16,7 @@
     which are compared as before until replaced); merge_action is never appended (macros/merge.sql). -#}
 -- depends_on: {{ ref('snapshot_streamed_data') }}
 -- depends_on: {{ ref('company_house_deletions') }}
-{%- set newest_file = ch_dbt.newest_file_date() %}
+{%- set files = ch_dbt.bulk_files() %}
 {%- set fact_columns = 'company_name, company_number, company_status, date_of_creation, postal_code, '
                        ~ 'published_at, event_type, order_time, timepoint, kafka_partition, kafka_offset' %}
 
@@ -24,14 +24,14 @@
 {%- set held = ch_dbt.stored_event('core', 'last_', this) %}
 {%- set tombstone = ch_dbt.stored_event('tombstone', 'deleted_', ref('company_house_deletions')) %}
 {%- set newest = ch_dbt.stream_event('newest') %}
-{%- set pending = ch_dbt.pending_file_date() %}
+{%- set pending = files.pending %}
 
 with facts as (
     select {{ fact_columns }} from {{ ref('snapshot_streamed_data') }}
     {%- if pending %}
     -- A newer bulk file: each company it lists, as a fact at the file's instant ...
     union all
-    {{ ch_dbt.file_facts(source('warehouse', 'company_house_bulk')) }}
+    {{ ch_dbt.file_facts(source('warehouse', 'company_house_bulk'), files.loaded) }}
     -- ... and each company it lacks that the core holds live and older than the file: gone.
     union all
     {%- set file_event = {'order_time': ch_dbt.file_instant("date '" ~ pending ~ "'"), 'timepoint': 'cast(null as ' ~ dbt.type_bigint() ~ ')',
@@ -74,7 +74,7 @@ where newest.event_type = 'changed'
   -- An older event never overwrites a newer one, nor resurrects a company deleted later.
   and (core.company_number is null or {{ ch_dbt.event_is_newer(newest, held) }})
   and (tombstone.company_number is null or {{ ch_dbt.event_is_newer(newest, tombstone) }})
-  and not {{ ch_dbt.contradicted_by_file('newest', newest_file) }}
+  and not {{ ch_dbt.contradicted_by_file('newest', files.newest) }}
 
 union all
 
@@ -105,7 +105,7 @@ where newest.event_type = 'deleted'
 with facts as (
     select {{ fact_columns }} from ({{ ch_dbt.latest_event_per_company(source('warehouse', 'company_house_stream')) }}) as stream_latest
     union all
-    {{ ch_dbt.file_facts(source('warehouse', 'company_house_bulk')) }}
+    {{ ch_dbt.file_facts(source('warehouse', 'company_house_bulk'), files.loaded) }}
 ),
 
 newest as (
@@ -126,6 +126,6 @@ select
     order_time as last_order_time
 from newest
 where event_type = 'changed'
-  and not {{ ch_dbt.contradicted_by_file('newest', newest_file) }}
+  and not {{ ch_dbt.contradicted_by_file('newest', files.newest) }}
 
 {% endif %}
