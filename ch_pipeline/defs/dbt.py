@@ -257,11 +257,15 @@ def as_one_unit(assets: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return dg.AssetsDefinition.dagster_internal_init(**{**assets.get_attributes_dict(), "can_subset": False})
 
 
+# Prepared once for both sets of dbt assets: one staleness check of the project per code load.
+DBT_MANIFEST = prepare_manifest()
+
+
 # Applied as a decorator so that the module holds only the one-unit assets: `load_from_defs_folder`
 # collects every module-level definition, and the subsettable twin would define the keys twice.
 @as_one_unit
 @dbt_assets(
-    manifest=prepare_manifest(),
+    manifest=DBT_MANIFEST,
     project=ch_dbt_project,
     dagster_dbt_translator=ChDbtTranslator(),
     pool="duckdb",  # one DuckDB writer at a time (docs/architecture.md §11)
@@ -292,7 +296,7 @@ def bulk_file_in_force(instance: dg.DagsterInstance) -> str | None:
 
 
 @dbt_assets(
-    manifest=prepare_manifest(),
+    manifest=DBT_MANIFEST,
     project=ch_dbt_project,
     dagster_dbt_translator=ChDbtTranslator(),
     select=STREAM_MODELS,
