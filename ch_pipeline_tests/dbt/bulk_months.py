@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
-from ch_pipeline.companies_house.bulk_csv import HEADER
+from ch_pipeline.companies_house.bulk_csv import BULK_STATUS_TO_STREAM, DATE_FORMAT, HEADER, published_name
 from ch_pipeline_tests.dbt.event_order import Message
 
 CLOSED = {"dissolved", "converted-closed", "removed", "closed"}
-BULK_STATUS = {"active": "Active", "dissolved": "Dissolved", "liquidation": "Liquidation"}
+# A stream status -> a bulk status the loader maps back to it (BULK_STATUS_TO_STREAM, inverted).
+TO_BULK_STATUS = {stream: bulk for bulk, stream in reversed(list(BULK_STATUS_TO_STREAM.items()))}
 
 
 @dataclass
@@ -29,19 +30,28 @@ class File:
         return datetime.combine(self.file_date, time(), tzinfo=timezone.utc)
 
     def write(self, folder: Path) -> Path:
-        """The file as published (header, quoted fields, DD/MM/YYYY), under its published name."""
-        path = folder / f"BasicCompanyDataAsOneFile-{self.file_date.isoformat()}.csv"
-        at = {name.strip(): index for index, name in enumerate(HEADER)}
-        with path.open("w", encoding="utf-8", newline="") as stream:
-            stream.write(",".join(HEADER) + "\r\n")
-            writer = csv.writer(stream, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
-            for number, (name, status) in self.companies.items():
-                row = [""] * len(HEADER)
-                row[at["CompanyName"]], row[at["CompanyNumber"]] = name, number
-                row[at["CompanyStatus"]], row[at["IncorporationDate"]] = BULK_STATUS[status], "01/04/2010"
-                row[at["RegAddress.PostCode"]] = "EH1 2NG"
-                writer.writerow(row)
-        return path
+        """The file as published, under its published name."""
+        companies = {number: {"company_name": name, "company_status": status, "date_of_creation": "2010-04-01",
+                              "postal_code": "EH1 2NG"} for number, (name, status) in self.companies.items()}  # fmt: skip
+        return write_register(folder / published_name(self.file_date, ".csv"), companies)
+
+
+def write_register(path: Path, companies: dict[str, dict]) -> Path:
+    """Companies (number -> the core's columns, stream statuses) as a published bulk file: the header as
+    published, every field quoted, DD/MM/YYYY dates, the bulk file's statuses."""
+    at = {name.strip(): index for index, name in enumerate(HEADER)}
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        stream.write(",".join(HEADER) + "\r\n")
+        writer = csv.writer(stream, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+        for number, company in companies.items():
+            row = [""] * len(HEADER)
+            created = company["date_of_creation"]
+            row[at["CompanyNumber"]], row[at["CompanyName"]] = number, company["company_name"] or ""
+            row[at["CompanyStatus"]] = TO_BULK_STATUS.get(company["company_status"], company["company_status"] or "")
+            row[at["IncorporationDate"]] = date.fromisoformat(str(created)[:10]).strftime(DATE_FORMAT) if created else ""
+            row[at["RegAddress.PostCode"]] = company["postal_code"] or ""
+            writer.writerow(row)
+    return path
 
 
 @dataclass

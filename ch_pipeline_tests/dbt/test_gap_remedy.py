@@ -9,26 +9,26 @@ gap never reach Kafka; after the file, the core equals the ground truth of every
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shlex
 import signal
 import subprocess
 import sys
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
-from ch_pipeline.companies_house.bulk_csv import BULK_STATUS_TO_STREAM, HEADER, published_name, write_sample
+from ch_pipeline.companies_house.bulk_csv import published_name, write_sample
 from ch_pipeline.companies_house.events import timepoint_of
 from ch_pipeline.companies_house.replay_server import ReplayServer
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import company_house_stream, landing_run_config
 from ch_pipeline.kafka.offsets import probe_offsets
 from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
+from ch_pipeline_tests.dbt.bulk_months import write_register
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 from ch_pipeline_tests.dbt.test_event_order import dbt_build
@@ -36,7 +36,6 @@ from ch_pipeline_tests.support.producer import producer_env, wait_for_checkpoint
 
 PARTITIONS = 2
 BIN = Path(sys.executable).parent
-TO_BULK_STATUS = {stream: bulk for bulk, stream in reversed(list(BULK_STATUS_TO_STREAM.items()))}
 
 
 def land_the_topic(bootstrap: str, topic: str, db: Path) -> None:
@@ -55,23 +54,6 @@ def core_rows(db: Path) -> dict[str, tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(f"select company_number, {', '.join(COMPARED_COLUMNS)} from company_house_core").fetchall()
     return {number: normalise(dict(zip(COMPARED_COLUMNS, rest))) for number, *rest in rows}
-
-
-def write_register(path: Path, companies: dict[str, dict]) -> Path:
-    """The register as a published bulk file: header as published, quoted fields, DD/MM/YYYY, title-case statuses."""
-    at = {name.strip(): index for index, name in enumerate(HEADER)}
-    with path.open("w", encoding="utf-8", newline="") as stream:
-        stream.write(",".join(HEADER) + "\r\n")
-        writer = csv.writer(stream, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
-        for number, company in companies.items():
-            row = [""] * len(HEADER)
-            created = company["date_of_creation"]
-            row[at["CompanyNumber"]], row[at["CompanyName"]] = number, company["company_name"] or ""
-            row[at["CompanyStatus"]] = TO_BULK_STATUS.get(company["company_status"], company["company_status"] or "")
-            row[at["IncorporationDate"]] = date.fromisoformat(str(created)[:10]).strftime("%d/%m/%Y") if created else ""
-            row[at["RegAddress.PostCode"]] = company["postal_code"] or ""
-            writer.writerow(row)
-    return path
 
 
 def printed_commands(message: str) -> dict[str, list[str]]:
