@@ -1,9 +1,10 @@
 """``ch-pipeline demo``: the local stack headless to completion, watched through the Dagster instance.
 
-The same parts as ``ch-pipeline run`` (``ch_pipeline.local_stack``) on a fresh state, with the daemon
-alone instead of ``dagster dev``; it polls Kafka and the instance until every message has landed and
-a dbt build started after the last landing has finished, then judges the core
-(``ch_pipeline.demo_verdict``).
+The same parts as ``ch-pipeline run`` (``ch_pipeline.local_stack``) on a fresh state, every stream of
+the catalogue by default, with the daemon alone instead of ``dagster dev``; it polls Kafka and the
+instance until, for every stream, every message has landed and a dbt build of the stream's model
+started after its last landing has finished; then it judges the core and each stream's current-state
+model (``ch_pipeline.demo_verdict``).
 """
 
 from __future__ import annotations
@@ -18,24 +19,40 @@ from pathlib import Path
 
 import click
 
-from ch_pipeline.demo_verdict import compare_core, latencies, print_summary
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
+from ch_pipeline.demo_verdict import compare_core, compare_stream_model, latencies, print_summary
 from ch_pipeline.kafka.broker import free_port
-from ch_pipeline.local_stack import LOCAL_SEED, LocalStack
+from ch_pipeline.local_stack import LOCAL_SEED, STREAMS_HELP, LocalStack, parse_streams
 from ch_pipeline.processes import stop_requested, venv_executable
 from ch_pipeline.settings import Settings
+
+# What a dbt run must have rebuilt to count as built after a landing: the core and the watermark for
+# companies, the current-state model for another stream.
+CORE_MODELS = ("company_house_core", "get_last_timestamp")
 
 
 @dataclass
 class DemoProgress:
+    """One stream's way through the pipeline, as Kafka and the Dagster instance tell it."""
+
+    landing_asset: str = "company_house_stream"
+    models: tuple[str, ...] = CORE_MODELS
     messages: int = 0
+    final_count: bool = False  # the producer has exited: ``messages`` is the topic's final size
     landed: int = 0
     last_landing_at: float | None = None
-    core_runs: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of dbt runs with core
+    core_runs: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of dbt runs building `models`
+
+    @classmethod
+    def of(cls, stream_name: str) -> "DemoProgress":
+        spec = STREAMS[stream_name]
+        return cls() if stream_name == COMPANIES else cls(spec.landing_table, (spec.current_model,))
 
     @property
     def caught_up(self) -> bool:
         return (
-            self.messages > 0
+            self.final_count
+            and self.messages > 0
             and self.landed >= self.messages
             and self.last_landing_at is not None
             and any(start > self.last_landing_at for start, _ in self.core_runs)
@@ -43,25 +60,22 @@ class DemoProgress:
 
 
 def poll_instance(instance, progress: DemoProgress) -> None:
-    """What the Dagster instance knows: landed messages per landing and finished dbt runs."""
+    """What the Dagster instance knows of one stream: landed messages per landing, finished dbt runs."""
     import dagster as dg
 
     latest: dict[str, tuple[float, int]] = {}
-    for record in instance.fetch_materializations(dg.AssetKey("company_house_stream"), limit=10_000).records:
-        materialization = record.asset_materialization
-        metadata = materialization.metadata
+    for record in instance.fetch_materializations(dg.AssetKey(progress.landing_asset), limit=10_000).records:
+        metadata = record.asset_materialization.metadata
         count = int(metadata["rows"].value) + int(metadata["rejects"].value)
-        # A landing names its offset ranges in its metadata (the stream asset is not partitioned).
-        landing = metadata["landing"].value if "landing" in metadata else materialization.partition
+        landing = metadata["landing"].value  # the offset ranges: a re-executed landing counts once
         if landing not in latest or latest[landing][0] < record.timestamp:
             latest[landing] = (record.timestamp, count)
     progress.landed = sum(count for _, count in latest.values())
     progress.last_landing_at = max((ts for ts, _ in latest.values()), default=None)
-    # A dbt run counts once it has rebuilt both the core and the watermark.
-    core_runs = _materializing_runs(instance, "company_house_core")
-    watermark_runs = _materializing_runs(instance, "get_last_timestamp")
+    # A dbt run counts once it has rebuilt every one of the stream's models.
+    runs = [_materializing_runs(instance, model) for model in progress.models]
     progress.core_runs = sorted(
-        (start, max(end, watermark_runs[run_id][1])) for run_id, (start, end) in core_runs.items() if run_id in watermark_runs
+        (start, max(run[run_id][1] for run in runs)) for run_id, (start, _) in runs[0].items() if all(run_id in run for run in runs)
     )
 
 
@@ -84,95 +98,111 @@ def kafka_message_count(config: dict[str, str], topic: str) -> int:
     return sum(ends[p] - lows[p] for p in ends)
 
 
+def watch_until_caught_up(stack: LocalStack, instance, progress: dict[str, DemoProgress], served: dict[str, int], stop,
+                          deadline: float, root: Path, console) -> None:  # fmt: skip
+    """Poll Kafka and the instance, with a progress bar per stream, until every stream is caught up."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    config = {"bootstrap.servers": stack.broker.bootstrap_servers}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bars:
+        landed_bars = {name: bars.add_task(f"{STREAMS[name].landing_table} landed", total=served[name]) for name in progress}
+        built_bars = {name: bars.add_task(f"  dbt runs building {', '.join(p.models)}", total=None) for name, p in progress.items()}
+        while not all(p.caught_up for p in progress.values()):
+            if stop.is_set():
+                raise click.ClickException("interrupted")
+            if time.monotonic() > deadline:
+                behind = ", ".join(name for name, p in progress.items() if not p.caught_up)
+                raise click.ClickException(f"not caught up in time ({behind}); logs in {root}")
+            exited = stack.children.first_exited(ignore=stack.producers)
+            if exited:
+                raise click.ClickException(f"{exited[0]} exited with code {exited[1]}; logs in {root}")
+            for name, p in progress.items():
+                producer = stack.producer_name(name)
+                done = stack.children.returncode(producer)
+                if done not in (None, 0):
+                    raise click.ClickException(f"{producer} failed; see {root / (producer + '.log')}")
+                if not p.final_count:  # the topic's final size is known once its producer has exited
+                    p.messages = kafka_message_count(config, stack.settings.stream_settings(name).topic)
+                    p.final_count = done == 0
+                poll_instance(instance, p)
+                bars.update(landed_bars[name], total=max(p.messages, 1), completed=p.landed)
+                bars.update(built_bars[name], completed=len(p.core_runs))
+            stop.wait(1.0)
+
+
 @click.command("demo")
-@click.option("--events", default=20_000, show_default=True, help="Distinct events the replay server serves.")
+@click.option("--events", default=20_000, show_default=True, help="Distinct company events the replay server serves.")
+@click.option("--stream-events", default=1_000, show_default=True, help="Distinct events of each other stream.")
 @click.option("--seed", default=LOCAL_SEED, show_default=True, help="Seed of the generated history.")
-@click.option("--rate", default=1000.0, show_default=True, help="Events per second streamed by the replay server.")
+@click.option("--rate", default=1000.0, show_default=True, help="Events per second streamed by the replay server, per stream.")
 @click.option("--bulk-rows", default=20_000, show_default=True, help="Companies in the generated bulk snapshot.")
 @click.option("--sensor-interval", default=5, show_default=True, help="Seconds between sensor ticks.")
+@click.option("--streams", "streams_option", default="all", show_default=True, help=STREAMS_HELP)
 @click.option("--timeout", default=900, show_default=True, help="Give up after this many seconds.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the state here (default: a fresh temporary directory, removed afterwards).")  # fmt: skip
-def demo_command(events: int, seed: int, rate: float, bulk_rows: int, sensor_interval: int, timeout: int, data_dir: Path | None) -> None:
-    """Run the whole flow headless to completion, print a summary, exit 0 only if core matches the events.
+def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_rows: int, sensor_interval: int,
+                 streams_option: str, timeout: int, data_dir: Path | None) -> None:  # fmt: skip
+    """Run the whole flow headless to completion, print a summary, exit 0 only if every model matches the events.
 
-    Broker, replay server, producer and the Dagster daemon (Kafka sensor -> landing runs,
-    automation sensor -> dbt) on a fresh state; then company_house_core is compared with the
-    ground truth computed in Python from the served events and the bulk snapshot.
+    Broker, replay server, a producer per stream and the Dagster daemon (Kafka sensors -> landing
+    runs, automation sensor -> dbt) on a fresh state; then company_house_core is compared with the
+    ground truth computed in Python from the served events and the bulk snapshot, and each other
+    stream's current-state model with the ground truth of its served events.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
+    streams = parse_streams(streams_option)
     keep = data_dir is not None
     root = data_dir or Path(tempfile.mkdtemp(prefix="ch-demo-"))
     os.environ["CH_DATA_DIR"] = str(root)
-    for name in ("CH_DUCKDB_PATH", "CH_CHECKPOINT_PATH", "KAFKA_CONFIG_FILE", "KAFKA_BOOTSTRAP_SERVERS"):
-        os.environ.pop(name, None)
+    # Only the demo's own state and broker: no path, topic or URL configured for another setup.
+    for name in list(os.environ):
+        if name.startswith(("CH_DUCKDB_PATH", "CH_CHECKPOINT_PATH", "KAFKA_TOPIC", "CH_STREAM_URL_")) or name in (
+            "KAFKA_CONFIG_FILE", "KAFKA_BOOTSTRAP_SERVERS"):  # fmt: skip
+            os.environ.pop(name)
     settings = Settings.from_env()
     started = time.monotonic()
-    stack = LocalStack(settings, events=events, rate=rate, seed=seed, kafka_port=free_port(), sensor_interval=sensor_interval)
+    stack = LocalStack(settings, events=events, rate=rate, seed=seed, kafka_port=free_port(), sensor_interval=sensor_interval,
+                       streams_sensor_interval=sensor_interval, streams=streams, stream_events=dict.fromkeys(streams[1:], stream_events))  # fmt: skip
     try:
         with stop_requested() as stop:
             stack.start_kafka()
             stack.start_replay_server()
-            served = [json.loads(line) for line in stack.replay.lines]
+            served = {name: [json.loads(line) for line in stack.replay.log(name).lines] for name in streams}
             env = stack.env()
             from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
 
             bulk_csv = root / published_name(SAMPLE_FILE_DATE, ".csv")  # the file the replay's history follows
-
             write_sample(bulk_csv, bulk_rows, seed=seed)
-            env["CH_BULK_CSV"] = str(bulk_csv)
-            stack.children.start("producer", [venv_executable("ch-pipeline"), "produce", "--max-events", str(len(served))],
-                                 env, root / "producer.log")  # fmt: skip
+            os.environ["CH_BULK_CSV"] = str(bulk_csv)  # stack.env() passes it to every child
+            stack.start_producers(max_events={name: len(events_) for name, events_ in served.items()})
             stack.children.start("dagster-daemon", [venv_executable("dagster-daemon"), "run", "-m", "ch_pipeline.definitions"],
-                                 env, root / "dagster-daemon.log")  # fmt: skip
+                                 stack.env(), root / "dagster-daemon.log")  # fmt: skip
             os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
             import dagster as dg
 
             instance = dg.DagsterInstance.get()
-            progress_state = DemoProgress()
-            final_count = False
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=console) as bars:  # fmt: skip
-                produced = bars.add_task("Kafka messages", total=len(served))
-                landed = bars.add_task("landed in company_house_stream", total=len(served))
-                dbt_runs = bars.add_task("dbt runs (snapshot -> core -> watermark)", total=None)
-                while not progress_state.caught_up:
-                    if stop.is_set():
-                        raise click.ClickException("interrupted")
-                    if time.monotonic() - started > timeout:
-                        raise click.ClickException(f"not caught up after {timeout}s; logs in {root}")
-                    exited = stack.children.first_exited(ignore=("producer",))
-                    if exited:
-                        raise click.ClickException(f"{exited[0]} exited with code {exited[1]}; logs in {root}")
-                    producer_done = stack.children.returncode("producer")
-                    if producer_done not in (None, 0):
-                        raise click.ClickException(f"the producer failed; see {root / 'producer.log'}")
-                    # The topic's final size is known once the producer has exited; count it once then.
-                    if producer_done is None or not final_count:
-                        progress_state.messages = kafka_message_count(
-                            {"bootstrap.servers": stack.broker.bootstrap_servers}, settings.kafka_topic
-                        )
-                        final_count = producer_done == 0
-                    if producer_done is None:
-                        progress_state.messages = min(progress_state.messages, len(served) - 1)  # not final yet
-                    poll_instance(instance, progress_state)
-                    bars.update(produced, completed=progress_state.messages)
-                    bars.update(landed, total=max(progress_state.messages, 1), completed=progress_state.landed)
-                    bars.update(dbt_runs, completed=len(progress_state.core_runs))
-                    stop.wait(1.0)
+            progress = {name: DemoProgress.of(name) for name in streams}
+            counts = {name: len(events_) for name, events_ in served.items()}
+            watch_until_caught_up(stack, instance, progress, counts, stop, started + timeout, root, console)
             stack.children.stop("dagster-daemon")
         elapsed = time.monotonic() - started
-        result = compare_core(settings.duckdb_path, served)
+        result = compare_core(settings.duckdb_path, served[COMPANIES])
+        others = {name: {**compare_stream_model(settings.duckdb_path, STREAMS[name], served[name]),
+                         "served": len(served[name]), "messages": progress[name].messages} for name in streams[1:]}  # fmt: skip
     finally:
         stack.stop()
-    lat = latencies(result["landed"], progress_state.core_runs)
-    print_summary(console, len(served), progress_state, result, elapsed, lat)
+    companies = progress[COMPANIES]
+    lat = latencies(result["landed"], companies.core_runs)
+    print_summary(console, len(served[COMPANIES]), companies, result, elapsed, lat, others)
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     if result["mismatched"] or result["counts"]["duplicate (partition, offset)"]:
         raise click.ClickException(f"company_house_core differs from the ground truth for {len(result['mismatched'])} companies")
-    console.print("[bold green]OK[/]: company_house_core equals the ground truth of the served events.")
-
+    differing = {outcome["model"]: len(outcome["mismatched"]) for outcome in others.values() if outcome["mismatched"]}
+    if differing:
+        raise click.ClickException(f"stream models differ from the ground truth: {differing} items")
+    models = " and every stream's current-state model" if others else ""
+    console.print(f"[bold green]OK[/]: company_house_core{models} equal the ground truth of the served events.")

@@ -1,15 +1,19 @@
-"""The demo's verdict: ``company_house_core`` against the ground truth computed in Python, and its summary.
+"""The demo's verdict: ``company_house_core`` and every other stream's current-state model against the
+ground truth computed in Python, and its summary.
 
 The ground truth is independent of the SQL: the bulk snapshot, then each company's newest served event
-(``final_companies``, the same order as dbt's). ``ch-pipeline demo``, the restart test, the production
+(``final_companies``, the same order as dbt's); for another stream, each item's newest served event,
+deletions removed (``stream_events.final_items``). ``ch-pipeline demo``, the restart test, the production
 topology test, the reliability harness and the daemon suite all judge the core with it.
 """
 
 from __future__ import annotations
 
 import statistics
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
+
+from ch_pipeline.companies_house.streams import StreamSpec
 
 COMPARED_COLUMNS = ("company_name", "company_status", "date_of_creation", "postal_code")
 
@@ -63,6 +67,33 @@ def compare_core(duckdb_path: Path, events: list[dict]) -> dict:
     return {"counts": counts, "watermark": watermark, "landed": landed, "expected": len(expected), "mismatched": sorted(mismatched)}
 
 
+def as_utc(value: datetime | str | None) -> datetime | None:
+    """An instant as an aware UTC datetime, from the model (naive = UTC) or an ISO ``published_at``."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value is None or value.tzinfo is not None:
+        return value.astimezone(timezone.utc) if value is not None else None
+    return value.replace(tzinfo=timezone.utc)
+
+
+def compare_stream_model(duckdb_path: Path, spec: StreamSpec, events: list[dict]) -> dict:
+    """The stream's current-state model against the truth: the same items, each at its newest event."""
+    import duckdb
+
+    from ch_pipeline.companies_house.stream_events import final_items
+
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        held = {(number, item): (kind, as_utc(published)) for number, item, kind, published in con.execute(
+            f"select company_number, item_id, resource_kind, last_published_at from {spec.current_model}").fetchall()}  # fmt: skip
+        landed = con.execute(f"select count(*) from {spec.landing_table}").fetchone()[0]
+        rejects = con.execute(f"select count(*) from {spec.rejects_table}").fetchone()[0]
+    expected = {key: (row["resource_kind"], as_utc(row["published_at"])) for key, row in final_items(spec.name, events).items()}
+    mismatched = sorted((key for key in expected.keys() | held.keys() if held.get(key) != expected.get(key)), key=str)
+    return {"model": spec.current_model, "rows": len(held), "expected": len(expected), "landed": landed,
+            "rejects": rejects, "mismatched": mismatched}  # fmt: skip
+
+
 def latencies(landed: list[tuple[datetime, datetime]], core_runs: list[tuple[float, float]]) -> list[float]:
     """Seconds from the event entering Kafka to the end of the first dbt run that started after it landed."""
     result = []
@@ -84,7 +115,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def print_summary(console, served: int, progress, result: dict, elapsed: float, lat: list[float]) -> None:
+def print_summary(console, served: int, progress, result: dict, elapsed: float, lat: list[float], streams: dict | None = None) -> None:
     from rich.table import Table
 
     table = Table(title="ch-pipeline demo", show_header=True)
@@ -109,3 +140,18 @@ def print_summary(console, served: int, progress, result: dict, elapsed: float, 
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if streams:
+        console.print(stream_table(streams))
+
+
+def stream_table(streams: dict[str, dict]):
+    """Per other stream: served, in Kafka, landed, rejects, model rows (expected), differing."""
+    from rich.table import Table
+
+    table = Table(title="every other stream", show_header=True)
+    for column in ("stream", "served", "in Kafka", "landed rows", "rejects", "model", "model rows (expected)", "differing"):
+        table.add_column(column, justify="left" if column in ("stream", "model") else "right")
+    for name, outcome in streams.items():
+        table.add_row(name, f"{outcome['served']:,}", f"{outcome['messages']:,}", f"{outcome['landed']:,}", f"{outcome['rejects']:,}",
+                      outcome["model"], f"{outcome['rows']:,} ({outcome['expected']:,})", f"{len(outcome['mismatched']):,}")  # fmt: skip
+    return table

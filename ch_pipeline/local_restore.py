@@ -4,7 +4,8 @@ The local broker keeps topics in memory: after a restart the topic is empty, whi
 and the Dagster instance still name offsets of the old log. Re-producing the replay history does
 not rebuild that log (a producer crash re-sends events, which shifts every later offset). What is
 known to be true is what landed: ``company_house_stream`` and ``company_house_stream_rejects`` hold
-every landed message's bytes and Kafka coordinates. So a restart:
+every landed message's bytes and Kafka coordinates (each other stream's ``spec.landing_table`` and
+``spec.rejects_table`` likewise). So a restart, for each stream the run follows:
 
 1. produces the landed messages back, partition by partition, at the very same offsets, and refuses
    to start on any gap or mismatch (messages that existed only in the old broker cannot be guessed);
@@ -20,13 +21,23 @@ every landed message's bytes and Kafka coordinates. So a restart:
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ch_pipeline.warehouse.schema import REJECTS_TABLE, STREAM_TABLE
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec, kafka_key_of
 
-KAFKA_SENSOR = "company_house_kafka_sensor"
+COMPANIES_STREAM = STREAMS[COMPANIES]
+
+
+def kafka_sensor_name(spec: StreamSpec) -> str:
+    """The stream's Kafka sensor (``defs.stream.build_kafka_sensor``'s default name)."""
+    return f"{spec.default_topic}_kafka_sensor"
+
+
+def landing_job_name(spec: StreamSpec) -> str:
+    return f"{spec.landing_table}_job"
 
 
 class RestoreRefused(RuntimeError):
@@ -49,21 +60,21 @@ class Restored:
     resume_timepoint: int | None  # None: the producer starts from the first event
 
 
-def landed_messages(duckdb_path: Path) -> dict[int, list[LandedMessage]]:
-    """Every landed message of the warehouse, per Kafka partition, in offset order."""
+def landed_messages(duckdb_path: Path, spec: StreamSpec = COMPANIES_STREAM) -> dict[int, list[LandedMessage]]:
+    """Every landed message of the stream's tables, per Kafka partition, in offset order."""
     import duckdb
 
     if not duckdb_path.exists():
         return {}
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         tables = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
-        if STREAM_TABLE not in tables:
+        if spec.landing_table not in tables:
             return {}
         rows = con.execute(
             f"select kafka_partition, kafka_offset, company_number, raw_event, epoch_ms(kafka_timestamp), timepoint, "
-            f"null as key_b64, null as value_b64, false as rejected from {STREAM_TABLE} "
+            f"null as key_b64, null as value_b64, false as rejected from {spec.landing_table} "
             f"union all select kafka_partition, kafka_offset, null, null, epoch_ms(kafka_timestamp), null, "
-            f"kafka_key, raw_value_base64, true from {REJECTS_TABLE} order by 1, 2"
+            f"kafka_key, raw_value_base64, true from {spec.rejects_table} order by 1, 2"
         ).fetchall()  # fmt: skip
     by_partition: dict[int, list[LandedMessage]] = {}
     for partition, offset, number, raw, timestamp_ms, timepoint, key_b64, value_b64, rejected in rows:
@@ -71,7 +82,7 @@ def landed_messages(duckdb_path: Path) -> dict[int, list[LandedMessage]]:
             key, value = _b64(key_b64), _b64(value_b64)
         else:
             value = raw.encode() if raw is not None else None
-            key = _producer_key(value) or (number.encode() if number else None)
+            key = _producer_key(spec, value) or (number.encode() if number else None)
         by_partition.setdefault(partition, []).append(LandedMessage(partition, offset, key, value, timestamp_ms, timepoint))
     return by_partition
 
@@ -80,15 +91,17 @@ def _b64(text: str | None) -> bytes | None:
     return base64.b64decode(text) if text is not None else None
 
 
-def _producer_key(value: bytes | None) -> bytes | None:
+def _producer_key(spec: StreamSpec, value: bytes | None) -> bytes | None:
     """The key ``ch-pipeline produce`` gave this event (derived from its bytes, the same way)."""
     from ch_pipeline.companies_house.stream_client import StreamEvent
 
+    if value is None:
+        return None
     try:
-        number = StreamEvent.parse(value).company_number if value is not None else None
+        key = StreamEvent.parse(value).company_number if spec.name == COMPANIES else kafka_key_of(spec, json.loads(value))
     except Exception:  # noqa: BLE001 (a flat tutorial record: not ours, keyed by its company number)
         return None
-    return number.encode() if number else None
+    return key.encode() if key else None
 
 
 def check_complete(messages: Mapping[int, list[LandedMessage]]) -> dict[int, int]:
@@ -158,9 +171,11 @@ def produce_back(config: Mapping[str, str], topic: str, messages: Mapping[int, l
         raise RestoreRefused(f"the restored topic does not match the landed rows ({mismatches[:5]}): not starting")
 
 
-def restore_topic(duckdb_path: Path, config: Mapping[str, str], topic: str, partitions: int) -> Restored | None:
-    """Rebuild the topic from the warehouse; None when nothing has landed yet (a first start)."""
-    messages = landed_messages(duckdb_path)
+def restore_topic(
+    duckdb_path: Path, config: Mapping[str, str], topic: str, partitions: int, spec: StreamSpec = COMPANIES_STREAM
+) -> Restored | None:
+    """Rebuild the stream's topic from the warehouse; None when nothing has landed yet (a first start)."""
+    messages = landed_messages(duckdb_path, spec)
     if not messages:
         return None
     if max(messages) >= partitions:
@@ -170,8 +185,9 @@ def restore_topic(duckdb_path: Path, config: Mapping[str, str], topic: str, part
     return Restored({p: ends.get(p, 0) for p in range(partitions)}, resume_timepoint(messages, partitions))
 
 
-def reset_instance(dagster_home: Path, ends: Mapping[int, int]) -> list[str]:
-    """Point the Dagster instance at the restored log; returns what it changed, for the console."""
+def reset_instance(dagster_home: Path, ends_by_stream: Mapping[str, Mapping[int, int]]) -> list[str]:
+    """Point the Dagster instance at the restored logs (stream name -> next offset per Kafka partition;
+    all zeros for a stream that had landed nothing); returns what it changed, for the console."""
     import dagster as dg
     from dagster._core.scheduler.instigation import InstigatorType
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
@@ -179,20 +195,23 @@ def reset_instance(dagster_home: Path, ends: Mapping[int, int]) -> list[str]:
     from ch_pipeline.defs.stream import OFFSETS_TAG, read_cursor, write_cursor
     from ch_pipeline.kafka.offsets import parse_partition_key
 
+    by_sensor = {kafka_sensor_name(STREAMS[name]): dict(ends) for name, ends in ends_by_stream.items()}
+    by_job = {landing_job_name(STREAMS[name]): dict(ends) for name, ends in ends_by_stream.items()}
     changes = []
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if state.origin.instigator_name == KAFKA_SENSOR and state.instigator_data is not None:
+            ends = by_sensor.get(state.origin.instigator_name)
+            if ends is not None and state.instigator_data is not None:
                 cursor = read_cursor(state.instigator_data.cursor)
-                if cursor != dict(ends):
-                    instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=write_cursor(dict(ends)))))
-                    changes.append(f"Kafka sensor cursor {write_cursor(cursor)} -> {write_cursor(dict(ends))}")
+                if cursor != ends:
+                    instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=write_cursor(ends))))
+                    changes.append(f"{state.origin.instigator_name} cursor {write_cursor(cursor)} -> {write_cursor(ends)}")
         in_flight = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
         dropped = 0
         for run in instance.get_runs(filters=RunsFilter(statuses=[*in_flight, DagsterRunStatus.QUEUED])):
-            offsets = run.tags.get(OFFSETS_TAG)
+            offsets, ends = run.tags.get(OFFSETS_TAG), by_job.get(run.job_name)
             # A landing of offsets the restored log does not hold (they were never landed, so were not restored).
-            if offsets and any(r.last >= ends.get(r.partition, 0) for r in parse_partition_key(offsets)):
+            if offsets and ends is not None and any(r.last >= ends.get(r.partition, 0) for r in parse_partition_key(offsets)):
                 instance.report_run_canceled(run, message="its offsets never landed and are not in the restored topic")
                 dropped += 1
             elif run.status in in_flight:

@@ -210,6 +210,14 @@ def sensor_interval_seconds(default: int) -> int:
     return _positive_whole_number("CH_SENSOR_INTERVAL_SECONDS", default, "seconds")
 
 
+def streams_sensor_interval_seconds(default: int) -> int:
+    """``CH_STREAMS_SENSOR_INTERVAL_SECONDS``: how often the Kafka sensor of each stream other than
+    companies ticks. Each tick with new messages is a landing run (~5 s, 2-3 CPU-seconds, serialised
+    by the duckdb pool locally), so eight streams polled as often as companies would cost the machine
+    more than the companies path itself; their models are kept fresh less eagerly than the core."""
+    return _positive_whole_number("CH_STREAMS_SENSOR_INTERVAL_SECONDS", default, "seconds")
+
+
 def history_retention_days(default: int) -> int:
     """``CH_HISTORY_RETENTION_DAYS``: how many days of runs the Dagster instance keeps (at least 1)."""
     return _positive_whole_number("CH_HISTORY_RETENTION_DAYS", default, "days")

@@ -7,6 +7,7 @@ refilled log was shorter, offsets shifted, and events were never landed.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -94,32 +95,72 @@ def test_nothing_landed_is_a_first_start(broker: LocalBroker, tmp_path: Path):
     assert restore_topic(tmp_path / "absent.duckdb", {"bootstrap.servers": broker.bootstrap_servers}, new_topic(broker), PARTITIONS) is None
 
 
-def test_reset_instance_points_the_sensor_at_the_restored_log_and_fails_runs_left_in_flight(tmp_path: Path):
+def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_left_in_flight(tmp_path: Path):
+    """Companies restored to 50/0; officers had landed nothing, so its new topic is empty: its cursor
+    goes back to 0 and its pending landing of the old log's offsets is canceled."""
     from dagster._core.remote_origin import RemoteInstigatorOrigin, RemoteRepositoryOrigin, GrpcServerCodeLocationOrigin
     from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
     from dagster._core.storage.dagster_run import DagsterRunStatus
 
     from ch_pipeline.defs.stream import OFFSETS_TAG
 
+    def job(name: str):
+        return dg.define_asset_job(name).resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec(name + "_asset")]).resolve_asset_graph())
+
     home = prepare_dagster_home(tmp_path)
+    location = GrpcServerCodeLocationOrigin(host="localhost", port=1, location_name="ch_pipeline")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        origin = RemoteInstigatorOrigin(
-            RemoteRepositoryOrigin(GrpcServerCodeLocationOrigin(host="localhost", port=1, location_name="ch_pipeline"), "__repository__"),
-            "company_house_kafka_sensor",
-        )
-        instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
-                                                      SensorInstigatorData(cursor='{"0": 90, "1": 80}')))  # fmt: skip
+        for sensor, cursor in (("company_house_kafka_sensor", '{"0": 90, "1": 80}'), ("company_house_officers_kafka_sensor", '{"0": 7, "1": 9}')):
+            origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, "__repository__"), sensor)
+            instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
+                                                          SensorInstigatorData(cursor=cursor)))  # fmt: skip
         instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": "p0:0-49"}))
-        landing = instance.create_run_for_job(dg.define_asset_job("j").resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec("x")]).resolve_asset_graph()),
-                                              tags={OFFSETS_TAG: "p0:50-89,p1:0-79"}, status=DagsterRunStatus.STARTED)  # fmt: skip
-        dbt = instance.create_run_for_job(dg.define_asset_job("k").resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec("y")]).resolve_asset_graph()),
-                                          status=DagsterRunStatus.STARTED)  # fmt: skip
+        landing = instance.create_run_for_job(job("company_house_stream_job"), tags={OFFSETS_TAG: "p0:50-89,p1:0-79"},
+                                              status=DagsterRunStatus.STARTED)  # fmt: skip
+        officers = instance.create_run_for_job(job("company_house_officers_stream_job"), tags={OFFSETS_TAG: "p0:0-6"},
+                                               status=DagsterRunStatus.NOT_STARTED)  # fmt: skip
+        dbt = instance.create_run_for_job(job("k"), status=DagsterRunStatus.STARTED)
 
-    changes = reset_instance(home, {0: 50, 1: 0})
+    changes = reset_instance(home, {"companies": {0: 50, 1: 0}, "officers": {0: 0, 1: 0}})
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        (state,) = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-        assert state.instigator_data.cursor == '{"0": 50, "1": 0}'
+        cursors = {s.instigator_name: s.instigator_data.cursor for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)}
+        assert cursors == {"company_house_kafka_sensor": '{"0": 50, "1": 0}', "company_house_officers_kafka_sensor": '{"0": 0, "1": 0}'}
         assert instance.get_run_by_id(landing.run_id).status == DagsterRunStatus.CANCELED
+        assert instance.get_run_by_id(officers.run_id).status == DagsterRunStatus.CANCELED
         assert instance.get_run_by_id(dbt.run_id).status == DagsterRunStatus.FAILURE  # run retries re-run it
-    assert any("cursor" in change for change in changes)
+    assert any("company_house_officers_kafka_sensor cursor" in change for change in changes)
+
+
+def test_another_streams_topic_is_rebuilt_from_its_own_tables_with_the_producers_keys(broker: LocalBroker, tmp_path: Path):
+    """Officers landed by the deployed landing (a reject among them): the new topic holds the same
+    keys, values and offsets, and the producer resumes at the last timepoint both partitions reached."""
+    from ch_pipeline.companies_house.stream_events import generate_stream_events
+    from ch_pipeline.companies_house.streams import stream
+    from ch_pipeline.defs.resources import WarehouseResource
+    from ch_pipeline.defs.stream import build_kafka_sensor
+    from ch_pipeline.defs.streams import STREAM_LANDINGS
+    from ch_pipeline_tests.defs.test_streams import kafka_for, land_everything, stream_messages
+    from ch_pipeline_tests.warehouse.messages import produce
+
+    spec = stream("officers")
+    topic = new_topic(broker)
+    kafka = kafka_for(broker, spec.name, topic)
+    warehouse = WarehouseResource(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    events = generate_stream_events(spec.name, 80, seed=3)
+    sent = produce(broker.bootstrap_servers, topic, stream_messages(spec.name, events))
+    with dg.instance_for_test() as instance:
+        sensor = build_kafka_sensor(stream=spec, job=STREAM_LANDINGS[spec.name].job)
+        land_everything(spec.name, sensor, instance, kafka, warehouse)
+
+    new = new_topic(broker)
+    restored = restore_topic(Path(warehouse.duckdb_path), {"bootstrap.servers": broker.bootstrap_servers}, new, PARTITIONS, spec)
+
+    def log(name: str) -> dict:
+        return {(m.partition(), m.offset()): (m.key(), m.value()) for m in read_topic(broker.bootstrap_servers, name, PARTITIONS)}
+
+    assert log(new) == log(topic) and len(log(new)) == len(sent)
+    assert restored.ends == {p: sum(1 for (q, _) in sent if q == p) for p in range(PARTITIONS)}
+    last = {p: max(e["event"]["timepoint"] for (q, _), m in sent.items() if q == p and m.valid for e in [json.loads(m.value)])
+            for p in range(PARTITIONS)}  # fmt: skip
+    assert restored.resume_timepoint == min(last.values())

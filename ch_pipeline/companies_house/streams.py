@@ -71,6 +71,11 @@ class StreamSpec:
     def rejects_table(self) -> str:
         return f"{self.default_topic}_stream_rejects"
 
+    @property
+    def current_model(self) -> str | None:
+        """The dbt current-state model of the stream (``ch_dbt/models/streams``); companies has the core."""
+        return None if self.name == COMPANIES else f"{self.default_topic.removeprefix('company_house_')}_current"
+
 
 STREAMS: dict[str, StreamSpec] = {
     spec.name: spec

@@ -24,16 +24,18 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.defs.metadata import column_schema
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import (
-    DEFAULT_MINIMUM_INTERVAL_SECONDS,
     StreamLanding,
     build_kafka_sensor,
     build_landing_job,
     land_stream,
 )
-from ch_pipeline.settings import sensor_interval_seconds
+from ch_pipeline.settings import streams_sensor_interval_seconds
 from ch_pipeline.warehouse.schema import landing_columns
 
 OTHER_STREAMS = [spec for spec in STREAMS.values() if spec.name != COMPANIES]
+# Each stream's sensor polls every 2 minutes unless CH_STREAMS_SENSOR_INTERVAL_SECONDS says otherwise:
+# eight streams polled like companies (30 s) would launch a landing run every 4 s on average.
+STREAMS_MINIMUM_INTERVAL_SECONDS = 120
 
 
 def stream_group(spec: StreamSpec) -> str:
@@ -145,7 +147,7 @@ def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     check = completeness_check(spec, asset)
     job = build_landing_job(asset, f"{spec.landing_table}_job")
     sensor = build_kafka_sensor(
-        minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
+        minimum_interval_seconds=streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
     )
     return StreamLandingDefs(api, topic, asset, check, job, sensor)
 
