@@ -21,7 +21,8 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from packaging import version
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
-from ch_pipeline.settings import dbt_build_target_path, Settings, sensor_interval_seconds
+from ch_pipeline.defs.streams import STREAM_LANDINGS, STREAMS_MINIMUM_INTERVAL_SECONDS
+from ch_pipeline.settings import Settings, dbt_build_target_path, sensor_interval_seconds, streams_sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
@@ -136,6 +137,50 @@ class ParentMaterializedAfterLastBuild(InputLandedAfterLastBuild):
         return sorted(context.asset_graph.get(context.key).parent_keys)
 
 
+class StreamLandingsSettled(dg.AutomationCondition):
+    """True while no landing of the other streams is queued or running, or once the oldest landing of
+    this asset's parents that no build has seen is ``max_wait_seconds`` old.
+
+    The eight other streams' sensors tick together, and their landings take turns in the duckdb
+    pool: without this, each landing would be followed by a dbt run of its own model (8 runs of ~5 s
+    and 3 CPU-seconds each), with it the models of the whole round are built in one run. The bound
+    keeps a model fresh when landings never stop (a backlog, a slow machine). Companies' landings do
+    not count: they feed the core, and its own condition."""
+
+    def __init__(self, max_wait_seconds: float) -> None:
+        super().__init__()
+        self._max_wait_seconds = max_wait_seconds
+
+    @property
+    def name(self) -> str:
+        return f"other streams' landings settled (or waited {self._max_wait_seconds:g} s)"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        instance = context.asset_graph_view.instance
+        ready = not _a_stream_landing_in_flight(instance) or self._waited_long_enough(context, instance)
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if ready else context.get_empty_subset())
+
+    def _waited_long_enough(self, context: dg.AutomationContext, instance: dg.DagsterInstance) -> bool:
+        records = {r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([context.key])}
+        last_build = _last_build_started(instance, records.get(context.key)) or 0.0
+        oldest_unseen = [
+            found.records[0].timestamp
+            for parent in context.asset_graph.get(context.key).parent_keys
+            if (found := instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=parent, after_timestamp=last_build), limit=1, ascending=True)).records
+        ]  # fmt: skip
+        return bool(oldest_unseen) and context.evaluation_time.timestamp() - min(oldest_unseen) >= self._max_wait_seconds
+
+
+OTHER_STREAM_LANDING_JOBS = frozenset(landing.job.name for landing in STREAM_LANDINGS.values())
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def _a_stream_landing_in_flight(instance: dg.DagsterInstance) -> bool:
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
+    return any(run.job_name in OTHER_STREAM_LANDING_JOBS for run in runs)
+
+
 def _last_build_started(instance: dg.DagsterInstance, entry) -> float | None:
     """When the latest run planned to build the asset started (queued: created); a materialization
     reported without a run (by hand) counts as a build at its own time."""
@@ -182,13 +227,19 @@ after_new_stream_data = (
 # A stream model builds after its inputs changed, one build at a time per model. Each model decides on
 # its own (the stream models are subsettable): a landing of the officers stream rebuilds
 # officers_current, and then company_overview, not the other streams' models.
-after_new_input = (ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress()).with_label("after new input")
+# Landings of one round (the other streams' sensors tick together) are awaited, up to two of their
+# sensor intervals, so that one run builds the round's models.
+STREAM_MODELS_MAX_WAIT_SECONDS = 2 * streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS)
+after_new_input = (
+    ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress() & StreamLandingsSettled(STREAM_MODELS_MAX_WAIT_SECONDS)
+).with_label("after new input, once the round's landings settled")
 # company_overview: only once some stream model exists (the core alone, built after every landing of
 # the companies stream, would otherwise rebuild an overview of nothing but the core).
 OVERVIEW_MODEL = "company_overview"
 overview_after_new_input = (
     ParentMaterializedAfterLastBuild()
     & ~dg.AutomationCondition.in_progress()
+    & StreamLandingsSettled(STREAM_MODELS_MAX_WAIT_SECONDS)
     & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).ignore(dg.AssetSelection.assets(CORE_MODEL))
 ).with_label("after new input, once a stream model exists")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -33,8 +33,9 @@ class Ticks:
         self.instance = instance
         self.cursor = None
 
-    def requested(self) -> set[str]:
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+    def requested(self, evaluation_time: datetime | None = None) -> set[str]:
+        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor,
+                                                   evaluation_time=evaluation_time)  # fmt: skip
         self.cursor = result.cursor
         # What the sensor would request, execution sets included (the dbt models go as one unit).
         return {key.to_user_string() for key in result._requested_partitions_by_asset_key}

@@ -6,12 +6,14 @@ conditions are the ones in ch_pipeline.definitions.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import dagster as dg
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
 from ch_pipeline.definitions import defs
-from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, ch_dbt_models, dbt_automation_sensor
+from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, STREAM_MODELS_MAX_WAIT_SECONDS, ch_dbt_models, dbt_automation_sensor
 from ch_pipeline.warehouse.schema import BULK_TABLE
 from ch_pipeline_tests.dbt.conftest import DBT_MODELS, STREAM_DBT_MODELS, Ticks
 
@@ -56,6 +58,40 @@ def test_a_stream_model_runs_after_its_landing_and_the_overview_after_it(ticks: 
     assert ticks.requested() == set()
     materialized(instance, "company_house_officers_stream")
     assert ticks.requested() == {"officers_current"}
+
+
+def landing_in_flight(instance: dg.DagsterInstance, job_name: str) -> dg.DagsterRun:
+    """A run of ``job_name`` as the daemon leaves it while the landing executes (STARTED)."""
+    job = dg.define_asset_job(job_name).resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec(job_name + "_asset")]).resolve_asset_graph())
+    return instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED)
+
+
+def test_stream_models_wait_for_the_rounds_other_landings_then_build_in_one_run(ticks: Ticks):
+    """The other streams' landings of one round take turns in the pool: officers landed while the
+    filings landing still runs, so officers_current waits; once filings has landed too, both models
+    are requested in the same tick (one run). A companies landing in flight is not waited for."""
+    instance = ticks.instance
+    materialized(instance, "company_house_bulk", *DBT_MODELS)
+    ticks.requested()
+    filings = landing_in_flight(instance, "company_house_filings_stream_job")
+    landing_in_flight(instance, "company_house_stream_job")
+    materialized(instance, "company_house_officers_stream")
+    assert ticks.requested() == set()
+    materialized(instance, "company_house_filings_stream")
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, filings.job_name), filings.run_id)
+    assert ticks.requested() == {"officers_current", "filings_current"}
+
+
+def test_a_stream_model_waits_at_most_its_bound_for_landings_that_never_settle(ticks: Ticks):
+    instance = ticks.instance
+    materialized(instance, "company_house_bulk", *DBT_MODELS)
+    ticks.requested()
+    landing_in_flight(instance, "company_house_filings_stream_job")
+    materialized(instance, "company_house_officers_stream")
+    now = datetime.now(timezone.utc)
+    assert ticks.requested(now) == set()
+    later = now + timedelta(seconds=STREAM_MODELS_MAX_WAIT_SECONDS + 1)
+    assert ticks.requested(later) == {"officers_current"}
 
 
 def test_sensor_is_running_by_default_and_policies_are_the_tutorials_deadlines():
