@@ -228,8 +228,9 @@ after_new_stream_data = (
 # its own (the stream models are subsettable): a landing of the officers stream rebuilds
 # officers_current, and then company_overview, not the other streams' models.
 # Landings of one round (the other streams' sensors tick together) are awaited, up to two of their
-# sensor intervals, so that one run builds the round's models.
-STREAM_MODELS_MAX_WAIT_SECONDS = 2 * streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS)
+# sensor intervals and at least two minutes (a round of eight ~5 s landings, with room for a busy
+# machine), so that one run builds the round's models.
+STREAM_MODELS_MAX_WAIT_SECONDS = max(2 * streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), 120)
 after_new_input = (
     ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress() & StreamLandingsSettled(STREAM_MODELS_MAX_WAIT_SECONDS)
 ).with_label("after new input, once the round's landings settled")
