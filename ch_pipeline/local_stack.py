@@ -1,16 +1,16 @@
 """``ch-pipeline run``: the whole pipeline on one machine, on embedded defaults; the stack ``demo`` shares.
 
 Both commands start the same parts (``LocalStack``): the local broker (memory storage), a topic per
-stream followed (every stream of the catalogue by default), the replay server (a deterministic history of
-generated events of every stream), one producer per stream (``ch-pipeline produce --stream NAME`` as
-child processes, one connection each: nine of the key's ten), and Dagster: ``dagster dev`` (UI + daemon) for ``run``, the daemon alone for ``demo``
-(``ch_pipeline.demo``). The Kafka sensor and the automation sensor start RUNNING, so data flows with no
-click. Children are started and stopped by ``ch_pipeline.processes``.
+stream followed (every stream of the catalogue by default), the replay server (a deterministic history
+of generated events of every stream), one producer per stream (``ch-pipeline produce --stream NAME`` as
+child processes, one connection each: nine of the key's ten), and Dagster: ``dagster dev`` (UI +
+daemon) for ``run``, the daemon alone for ``demo`` (``ch_pipeline.demo``). The Kafka sensors and the
+automation sensor start RUNNING, so data flows with no click. Children are started and stopped by ``ch_pipeline.processes``.
 
 Resuming ``run`` with a memory broker: the broker is empty after a restart, so each topic is rebuilt
-from what landed (``ch_pipeline.local_restore``: every landed message back at its offset, the
-producer resumed from the last timepoint every Kafka partition landed up to, the Dagster instance
-pointed at the restored log) before Dagster starts; on any gap or mismatch the command refuses to
+from what landed (``ch_pipeline.local_restore``: every landed message back at its offset, each
+producer resumed from the last timepoint every Kafka partition of its topic landed up to, the Dagster
+instance pointed at the restored logs) before Dagster starts; on any gap or mismatch the command refuses to
 start rather than guess.
 """
 
@@ -242,11 +242,11 @@ def restore_local_state(stack: LocalStack, settings: Settings) -> dict[str, obje
             landed = sum(restored[name].ends.values())
             click.echo(f"resuming {topic}: {landed:,} landed messages back at their offsets in the new in-memory broker; "
                        f"its producer resumes after timepoint {restored[name].resume_timepoint}")  # fmt: skip
-    if any(restored.values()):
-        # A stream that had landed nothing starts again from offset 0 of its new, empty topic.
-        ends = {name: r.ends if r is not None else dict.fromkeys(range(TOPIC_PARTITIONS), 0) for name, r in restored.items()}
-        for change in reset_instance(prepare_dagster_home(settings.data_dir), ends):
-            click.echo(f"resuming: {change}")
+    # A stream that had landed nothing starts again from offset 0 of its new, empty topic (its sensor
+    # may have cut offsets of the old log whose landings never ran).
+    ends = {name: r.ends if r is not None else dict.fromkeys(range(TOPIC_PARTITIONS), 0) for name, r in restored.items()}
+    for change in reset_instance(prepare_dagster_home(settings.data_dir), ends):
+        click.echo(f"resuming: {change}")
     return restored
 
 
