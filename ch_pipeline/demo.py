@@ -152,7 +152,8 @@ def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_r
     """
     from rich.console import Console
 
-    console = Console()
+    # Captured or piped output gets rich's 80 columns: too narrow for the per-stream table.
+    console = Console() if Console().is_terminal else Console(width=120)
     streams = parse_streams(streams_option)
     keep = data_dir is not None
     root = data_dir or Path(tempfile.mkdtemp(prefix="ch-demo-"))
