@@ -191,6 +191,7 @@ def reset_instance(dagster_home: Path, ends_by_stream: Mapping[str, Mapping[int,
     import dagster as dg
     from dagster._core.scheduler.instigation import InstigatorType
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import RUN_KEY_TAG
 
     from ch_pipeline.defs.stream import OFFSETS_TAG, read_cursor, write_cursor
     from ch_pipeline.kafka.offsets import parse_partition_key
@@ -207,13 +208,19 @@ def reset_instance(dagster_home: Path, ends_by_stream: Mapping[str, Mapping[int,
                     instance.update_instigator_state(state.with_data(state.instigator_data._replace(cursor=write_cursor(ends))))
                     changes.append(f"{state.origin.instigator_name} cursor {write_cursor(cursor)} -> {write_cursor(ends)}")
         in_flight = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+        unfinished = [*in_flight, DagsterRunStatus.QUEUED]
         dropped = 0
-        for run in instance.get_runs(filters=RunsFilter(statuses=[*in_flight, DagsterRunStatus.QUEUED])):
+        for run in instance.get_runs(filters=RunsFilter(statuses=[*unfinished, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])):
             offsets, ends = run.tags.get(OFFSETS_TAG), by_job.get(run.job_name)
             # A landing of offsets the restored log does not hold (they were never landed, so were not restored).
             if offsets and ends is not None and any(r.last >= ends.get(r.partition, 0) for r in parse_partition_key(offsets)):
-                instance.report_run_canceled(run, message="its offsets never landed and are not in the restored topic")
-                dropped += 1
+                if run.status in unfinished:
+                    instance.report_run_canceled(run, message="its offsets never landed and are not in the restored topic")
+                    dropped += 1
+                # The restored log reaches these offsets again, with other messages, and its sensor will
+                # cut the same key: a run still holding the key would make the daemon skip that landing.
+                if RUN_KEY_TAG in run.tags:
+                    instance.add_run_tags(run.run_id, {RUN_KEY_TAG: f"{run.tags[RUN_KEY_TAG]} (not in the restored log)"})
             elif run.status in in_flight:
                 instance.report_run_failed(run, message="the ch-pipeline run that ran it stopped; run retries re-run it")
                 changes.append(f"run {run.run_id[:8]} ({run.job_name}) was in flight: failed, to be retried")

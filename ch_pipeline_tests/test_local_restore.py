@@ -100,7 +100,8 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
     goes back to 0 and its pending landing of the old log's offsets is canceled."""
     from dagster._core.remote_origin import RemoteInstigatorOrigin, RemoteRepositoryOrigin, GrpcServerCodeLocationOrigin
     from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType, SensorInstigatorData
-    from dagster._core.storage.dagster_run import DagsterRunStatus
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.tags import RUN_KEY_TAG
 
     from ch_pipeline.defs.stream import OFFSETS_TAG
 
@@ -117,7 +118,7 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
         instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": "p0:0-49"}))
         landing = instance.create_run_for_job(job("company_house_stream_job"), tags={OFFSETS_TAG: "p0:50-89,p1:0-79"},
                                               status=DagsterRunStatus.STARTED)  # fmt: skip
-        officers = instance.create_run_for_job(job("company_house_officers_stream_job"), tags={OFFSETS_TAG: "p0:0-6"},
+        officers = instance.create_run_for_job(job("company_house_officers_stream_job"), tags={OFFSETS_TAG: "p0:0-6", RUN_KEY_TAG: "p0:0-6"},
                                                status=DagsterRunStatus.NOT_STARTED)  # fmt: skip
         dbt = instance.create_run_for_job(job("k"), status=DagsterRunStatus.STARTED)
 
@@ -128,6 +129,8 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
         assert cursors == {"company_house_kafka_sensor": '{"0": 50, "1": 0}', "company_house_officers_kafka_sensor": '{"0": 0, "1": 0}'}
         assert instance.get_run_by_id(landing.run_id).status == DagsterRunStatus.CANCELED
         assert instance.get_run_by_id(officers.run_id).status == DagsterRunStatus.CANCELED
+        # Its key is free: the new log's first landing is p0:0-6 again, and the daemon must launch it.
+        assert instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: "p0:0-6"})) == []
         assert instance.get_run_by_id(dbt.run_id).status == DagsterRunStatus.FAILURE  # run retries re-run it
     assert any("company_house_officers_kafka_sensor cursor" in change for change in changes)
 
