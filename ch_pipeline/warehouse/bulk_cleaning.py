@@ -25,7 +25,8 @@ class Dialect:
     # None: the cleaning query keeps one row per company itself (a window over every row). Otherwise
     # the statement, given the target table, that deletes the repeats from the table just written, in
     # the same transaction: it costs a scan of one column when the file has no repeats (the published
-    # file has none), where the window sorts every row of the file (docs/architecture.md §3).
+    # file has none), where the window buffers and sorts every row of the file (at 5.5M rows on
+    # DuckDB: 1.33 GiB peak RSS with the window, 0.68 GiB without).
     drop_repeats: Callable[[str], str] | None = None
 
 

@@ -23,11 +23,10 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, duckdb_ddl, landing_columns
 
 
-
 def drop_repeats_sql(table: str) -> str:
     """Delete all but one row of each company that `table` holds more than once, keeping the row the
-    cleaning query's window would keep (the greatest name; a blank name is NULL here and sorts last,
-    as it did there). The window runs over the repeated companies only, so a file without repeats
+    cleaning query's window would keep (the greatest name; a blank name, NULL here, sorts last as it
+    did there). The window runs over the repeated companies only, so a file without repeats
     costs one hash aggregate of company_number and nothing more."""
     return (
         f"delete from {table} where rowid in (\n"
