@@ -47,6 +47,29 @@ def render(rows: list[dict], host: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_rows(previous: str, rerun: set[str]) -> list[str]:
+    """The table lines of the benchmarks not run this time, as the last run wrote them: running a
+    subset (``python -m benchmarks bulk_load``) replaces only its own rows."""
+    names = set(BENCHMARKS) - rerun
+    table = previous.split("\n## ", 1)[0]
+    return [line for line in table.splitlines() if line.startswith("| ") and line[2:].split(" |", 1)[0] in names]
+
+
+def write(output: Path, rows: list[dict], rerun: set[str]) -> None:
+    """BENCHMARKS.md with `rows` for the benchmarks in `rerun`, the other rows and the sections other
+    scripts add after the table (instance scale, soak) as they were."""
+    previous = output.read_text() if output.exists() else ""
+    kept = previous[previous.index("\n## ") :] if "\n## " in previous else ""
+    table = render(rows, machine()).splitlines()
+    header, body = table[:7], table[7:]
+    order = {name: index for index, name in enumerate(BENCHMARKS)}
+    earlier = kept_rows(previous, rerun)
+    if earlier:
+        header[3] = header[3].rstrip(".") + f" ({', '.join(sorted(rerun))}; the other rows from an earlier run)."
+    lines = sorted(body + earlier, key=lambda line: order.get(line[2:].split(" |", 1)[0], len(order)))
+    output.write_text("\n".join(header + lines) + "\n" + kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", default=BENCHMARKS, help="benchmarks to run (default: all)")
@@ -59,11 +82,7 @@ def main() -> None:
         for row in module.run():
             rows.append({"benchmark": name, **row})
             print(f"   {row}", flush=True)
-    host = machine()
-    # The sections other scripts add after this table (instance scale, soak) stay.
-    previous = args.output.read_text() if args.output.exists() else ""
-    kept = previous[previous.index("\n## ") :] if "\n## " in previous else ""
-    args.output.write_text(render(rows, host) + kept)
+    write(args.output, rows, set(args.names))
     print(f"wrote {args.output}")
 
 

@@ -172,7 +172,11 @@ def load_bigquery(
             client.load_table_from_file(stream, staging, job_config=job_config).result()
         return f"`{staging}`"
 
-    load_cleaned(source, file_date, f"`{target}`", BIGQUERY, stage, lambda sql: client.query(sql).result(), progress, limits)
+    def run_one(statements: list[str]) -> None:
+        [sql] = statements  # BIGQUERY keeps one row per company in the cleaning query itself
+        client.query(sql).result()
+
+    load_cleaned(source, file_date, f"`{target}`", BIGQUERY, stage, run_one, progress, limits)
     client.delete_table(staging, not_found_ok=True)
     rows = client.get_table(target).num_rows
     progress(f"{target}: {rows:,} companies")

@@ -22,11 +22,26 @@ from ch_pipeline.warehouse.landing import (
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, duckdb_ddl, landing_columns
 
+
+def drop_repeats_sql(table: str) -> str:
+    """Delete all but one row of each company that `table` holds more than once, keeping the row the
+    cleaning query's window would keep (the greatest name; a blank name, NULL here, sorts last as it
+    did there). The window runs over the repeated companies only, so a file without repeats
+    costs one hash aggregate of company_number and nothing more."""
+    return (
+        f"delete from {table} where rowid in (\n"
+        f"  select rowid from {table}\n"
+        f"  where company_number in (select company_number from {table} group by company_number having count(*) > 1)\n"
+        f"  qualify row_number() over (partition by company_number order by company_name desc nulls last) > 1\n)"
+    )
+
+
 # The bulk cleaning query's dialect (bulk_cleaning.cleaning_select).
 DUCKDB = Dialect(
     regexp_replace_all=lambda value, pattern, repl: f"regexp_replace({value}, '{pattern}', '{repl}', 'g')",
     parse_dmy_date=lambda value: f"cast(try_strptime({value}, '{DATE_FORMAT}') as date)",
     month_start=lambda value: f"cast(date_trunc('month', {value}) as date)",
+    drop_repeats=drop_repeats_sql,
 )
 
 
@@ -61,9 +76,21 @@ def duckdb_read_csv(path: Path) -> str:
 def load_duckdb(
     connection, source: str, file_date: date, table: str = BULK_TABLE, progress: Progress = print, limits: BulkLimits = DEFAULT_LIMITS
 ) -> int:
-    """Replace `table` with the cleaned bulk snapshot in one statement (DuckDB reads the CSV itself);
+    """Replace `table` with the cleaned bulk snapshot in one transaction (DuckDB reads the CSV itself);
     returns its row count."""
-    load_cleaned(source, file_date, table, DUCKDB, duckdb_read_csv, connection.execute, progress, limits)
+
+    def in_one_transaction(statements: list[str]) -> None:
+        # DuckDB's DDL is transactional: readers see the old table until the repeats are gone too.
+        connection.begin()
+        try:
+            for sql in statements:
+                connection.execute(sql)
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+
+    load_cleaned(source, file_date, table, DUCKDB, duckdb_read_csv, in_one_transaction, progress, limits)
     [(rows,)] = connection.execute(f"select count(*) from {table}").fetchall()
     progress(f"{table}: {rows:,} companies")
     return rows

@@ -155,3 +155,40 @@ def test_bigquery_load_job_gives_the_same_rows(bulk_file: Path, tmp_path: Path, 
     loaded = {r["company_number"]: (r["company_name"], r["company_status"], r["date_of_creation"], r["postal_code"], r["month_of_creation"]) for r in table}
     assert rows == len(loaded) == 3_004
     assert loaded == parse_bulk_csv(bulk_file)
+
+
+def test_repeats_keep_the_greatest_name_wherever_they_stand(tmp_path: Path):
+    """DuckDB writes every row, then deletes the repeats (drop_repeats_sql): a company three times,
+    the keeper neither first nor last, and a repeat whose other row has no name."""
+    path = write_sample(tmp_path / "BasicCompanyDataAsOneFile-2026-11-01.csv", rows=200, seed=3)
+    repeats = [
+        {"CompanyName": "BRAVO LTD", "CompanyNumber": "91000001", "CompanyStatus": "Active", "IncorporationDate": "01/01/2001"},
+        {"CompanyName": "CHARLIE LTD", "CompanyNumber": " 91000001", "CompanyStatus": "Dissolved", "IncorporationDate": "02/02/2002"},
+        {"CompanyName": "ALPHA LTD", "CompanyNumber": "91000001", "CompanyStatus": "Liquidation", "IncorporationDate": "03/03/2003"},
+        {"CompanyName": "", "CompanyNumber": "sc910002", "CompanyStatus": "Dissolved", "IncorporationDate": "04/04/2004"},
+        {"CompanyName": "NAMED LTD", "CompanyNumber": "SC910002", "CompanyStatus": "Active", "IncorporationDate": "05/05/2005"},
+    ]
+    with path.open("a", encoding="utf-8", newline="") as out:
+        out.write("".join(awkward_line(row) + "\r\n" for row in repeats))
+    loaded = load_into_duckdb(str(path), tmp_path)
+    assert loaded == parse_bulk_csv(path)
+    assert len(loaded) == 202
+    assert loaded["91000001"][:2] == ("CHARLIE LTD", "dissolved")
+    assert loaded["SC910002"][:2] == ("NAMED LTD", "active")
+
+
+def test_a_load_that_fails_leaves_the_previous_table(bulk_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The table is replaced and its repeats deleted in one transaction: a failure in between
+    leaves the previous load as it was, not a table with repeats in it."""
+    import dataclasses
+
+    from ch_pipeline.warehouse import duckdb_warehouse
+
+    before = load_into_duckdb(str(bulk_file), tmp_path)
+    failing = dataclasses.replace(duckdb_warehouse.DUCKDB, drop_repeats=lambda table: "select error('repeats not dropped')")
+    monkeypatch.setattr(duckdb_warehouse, "DUCKDB", failing)
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        with pytest.raises(duckdb.Error, match="repeats not dropped"):
+            load_duckdb(con, str(bulk_file), FILE_DATE, progress=lambda _: None)
+        table = con.execute("select * exclude (file_date) from company_house_bulk").fetchall()
+    assert {number: (name, *rest) for name, number, *rest in table} == before
