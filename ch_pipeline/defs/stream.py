@@ -203,7 +203,8 @@ def build_kafka_sensor(
         except (KafkaUnavailable, TopicMissing) as exc:
             return dg.SkipReason(str(exc))
         lows, ends = probe.lows, probe.ends
-        watched = watch_events(stream, probe, retention_hours) if watch_due(context.last_tick_completion_time, watch_interval_seconds) else []
+        due = watch_due(context.last_tick_completion_time, watch_interval_seconds)
+        watched = watch_events(stream, probe, retention_hours) if due else []
         starts = {}
         for partition, low in lows.items():
             # A new Kafka partition (or a first tick) starts at its first retained offset.

@@ -63,7 +63,10 @@ def published_at_of(value: bytes | None) -> datetime | None:
 
 
 def _from_ms(timestamp_ms: int | None) -> datetime | None:
-    return None if timestamp_ms is None else datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc)
+    try:
+        return None if timestamp_ms is None else datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a producer's clock is not ours to fail the tick on
+        return None
 
 
 @dataclass(frozen=True)
