@@ -152,7 +152,7 @@ def replay_window_verdict(watch: TopicWatch) -> ReplayWindowVerdict:
         return ReplayWindowVerdict(
             False, dg.AssetCheckSeverity.ERROR,
             f"{age}: {expiry}, so a producer (re)started now gets 416; restart it with "
-            "--restart-from-now-if-expired and fill the gap from the bulk file",
+            "--restart-from-now-if-expired (the events in between are missed: for companies the next monthly bulk file brings them)",
         )  # fmt: skip
     if remaining < watch.retention_hours * WARN_FRACTION:
         return ReplayWindowVerdict(
