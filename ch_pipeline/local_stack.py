@@ -170,6 +170,10 @@ class LocalStack:
             env["CH_STREAMS_SENSOR_INTERVAL_SECONDS"] = str(self.streams_sensor_interval)
         # A laptop keeps two days of runs (each run's files are ~156 KB on local SQLite), unless told otherwise.
         env.setdefault("CH_HISTORY_RETENTION_DAYS", str(LOCAL_HISTORY_RETENTION_DAYS))
+        # The replay server dates its events in early 2026 and keeps timepoints by count, not time:
+        # measured against the API's 3 days every local checkpoint would look expired. 0 = the stream
+        # watches report ages only, never a replay-window warning.
+        env["CH_STREAM_RETENTION_HOURS"] = "0"
         return env
 
     @staticmethod

@@ -223,6 +223,24 @@ def history_retention_days(default: int) -> int:
     return _positive_whole_number("CH_HISTORY_RETENTION_DAYS", default, "days")
 
 
+# How long the Companies House streaming API keeps timepoints resumable: "plan for about 3 days"
+# (a checkpoint older than that is refused with 416).
+DEFAULT_STREAM_RETENTION_HOURS = 72
+
+
+def stream_retention_hours(default: int = DEFAULT_STREAM_RETENTION_HOURS) -> int:
+    """``CH_STREAM_RETENTION_HOURS``: the streaming API's replay window the stream watches measure
+    each producer's checkpoint against (``ch_pipeline.defs.watch``). 0: no time-based retention
+    (the local replay server counts its retention in timepoints, and its events are dated 2026-01):
+    the watches report ages only and never warn."""
+    value = _env("CH_STREAM_RETENTION_HOURS")
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise ValueError(f"CH_STREAM_RETENTION_HOURS must be a whole number of hours >= 0, got {value!r}")
+    return int(value)
+
+
 def _positive_whole_number(name: str, default: int, unit: str) -> int:
     value = _env(name)
     if value is None:

@@ -98,6 +98,8 @@ EXPECTED_DEFINITIONS = {
         "snapshot_streamed_data:not_null_snapshot_streamed_data_company_number",
         "snapshot_streamed_data:unique_snapshot_streamed_data_company_number",
         *(f"{topic}_stream:timepoints_contiguous" for topic in OTHER_TOPICS),
+        "company_house_topic:replay_window",
+        *(f"{topic}_topic:replay_window" for topic in OTHER_TOPICS),
         "company_overview:not_null_company_overview_company_number",
         "company_overview:unique_company_overview_company_number",
         *(f"{model}_current:{test}_{model}_current_{column}" for model in STREAM_MODELS

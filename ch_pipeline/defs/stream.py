@@ -34,8 +34,16 @@ from ch_pipeline.kafka.offsets import (
     format_partition_key,
     next_offsets,
     probe_offsets,
+    probe_topic,
 )
-from ch_pipeline.settings import sensor_interval_seconds
+from ch_pipeline.defs.watch import (
+    WATCH_INTERVAL_SECONDS,
+    landing_lag_metadata,
+    replay_window_check,
+    watch_due,
+    watch_events,
+)
+from ch_pipeline.settings import DEFAULT_STREAM_RETENTION_HOURS, sensor_interval_seconds, stream_retention_hours
 from ch_pipeline.landing import read_stream_partition
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import STREAM_COLUMNS
@@ -46,6 +54,9 @@ DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
 LANDING_MAX_RUNTIME_SECONDS = 600
 # A broker that does not answer within this skips the tick (the daemon retries at the next one).
 PROBE_TIMEOUT_SECONDS = 5.0
+# After a landing, how long its Kafka -> warehouse lag may wait for the end offsets: a slow broker
+# costs the run its lag metadata, never the landing.
+LAG_PROBE_TIMEOUT_SECONDS = 5.0
 
 # The run tag naming a landing's offset ranges: filter the Runs page by it to find who landed an offset.
 OFFSETS_TAG = "ch/offsets"
@@ -74,7 +85,18 @@ def land_stream(
     warehouse.warehouse().land(batch)
     if batch.rejects.num_rows:
         context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in {stream.rejects_table}")
-    return dg.MaterializeResult(metadata=landing_metadata(batch))
+    return dg.MaterializeResult(metadata={**landing_metadata(batch), **kafka_lag(context, kafka, stream, batch)})
+
+
+def kafka_lag(context: dg.AssetExecutionContext, kafka: KafkaResource, stream: StreamSpec, batch: LandingBatch) -> dict:
+    """Kafka -> warehouse lag once the landing has committed (``defs.watch.landing_lag_metadata``);
+    nothing when the broker does not answer in time: the landing itself is done and must not fail."""
+    try:
+        _, ends = probe_offsets(kafka.client_config(), kafka.topic_of(stream.name), timeout=LAG_PROBE_TIMEOUT_SECONDS)
+    except (KafkaUnavailable, TopicMissing) as exc:
+        context.log.warning(f"no Kafka -> warehouse lag for this landing: {exc}")
+        return {}
+    return landing_lag_metadata(batch.ranges, ends, [batch.rows, batch.rejects])
 
 
 @dg.asset(
@@ -157,9 +179,14 @@ def build_kafka_sensor(
     probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
     stream: StreamSpec = STREAMS[COMPANIES],
     job=company_house_stream_job,  # a build_landing_job job
+    retention_hours: int = DEFAULT_STREAM_RETENTION_HOURS,
+    watch_interval_seconds: float = WATCH_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
-    them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``."""
+    them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``.
+
+    At most once per ``watch_interval_seconds`` it also reports the stream's watches on its topic
+    asset, from the same probe (``defs.watch``): lag and replay window against ``retention_hours``."""
 
     @dg.sensor(
         name=name or f"{stream.default_topic}_kafka_sensor",
@@ -172,9 +199,12 @@ def build_kafka_sensor(
         cursor = read_cursor(context.cursor)
         topic = kafka.topic_of(stream.name)
         try:
-            lows, ends = probe_offsets(kafka.client_config(), topic, timeout=probe_timeout_seconds)
+            probe = probe_topic(kafka.client_config(), topic, timeout=probe_timeout_seconds)
         except (KafkaUnavailable, TopicMissing) as exc:
             return dg.SkipReason(str(exc))
+        lows, ends = probe.lows, probe.ends
+        due = watch_due(context.last_tick_completion_time, watch_interval_seconds)
+        watched = watch_events(stream, probe, retention_hours) if due else []
         starts = {}
         for partition, low in lows.items():
             # A new Kafka partition (or a first tick) starts at its first retained offset.
@@ -194,15 +224,20 @@ def build_kafka_sensor(
             return dg.SensorResult(
                 skip_reason=f"no new messages in {topic} (next offsets {write_cursor(starts)})",
                 cursor=write_cursor({**cursor, **starts}),
+                asset_events=watched,
             )
         return dg.SensorResult(
             run_requests=[landing_request(format_partition_key(batch), stream.landing_table) for batch in batches],
             cursor=write_cursor({**cursor, **starts, **next_offsets(batches)}),
+            asset_events=watched,
         )
 
     return kafka_sensor
 
 
 company_house_kafka_sensor = build_kafka_sensor(
-    minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS)
+    minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS),
+    retention_hours=stream_retention_hours(),
 )
+# The companies topic's replay window, also reported by company_house_kafka_sensor (defs.watch).
+company_house_topic_replay_window = replay_window_check(STREAMS[COMPANIES], stream_retention_hours(), PROBE_TIMEOUT_SECONDS)

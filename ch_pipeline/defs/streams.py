@@ -9,6 +9,8 @@ catalogue topic (``company_house_officers``, ...), so the lineage page shows eac
   (``defs.stream.land_stream``: runs carry their offset ranges as run config, no partitions) with
   the envelope parser and the stream's table; unparseable messages go to ``spec.rejects_table``;
 - ``<topic>_stream:timepoints_contiguous``: the completeness check, run in every landing run;
+- ``<topic>_topic:replay_window``: the producer checkpoint's age against the API's retention,
+  reported by the sensor with the topic's lag observations (``defs.watch``);
 - ``<topic>_stream_job`` and ``<topic>_kafka_sensor``: the job and the sensor that launches it for
   new offsets (``defs.stream.build_kafka_sensor``).
 
@@ -24,12 +26,14 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.defs.metadata import column_schema
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import (
+    PROBE_TIMEOUT_SECONDS,
     StreamLanding,
     build_kafka_sensor,
     build_landing_job,
     land_stream,
 )
-from ch_pipeline.settings import streams_sensor_interval_seconds
+from ch_pipeline.defs.watch import replay_window_check
+from ch_pipeline.settings import stream_retention_hours, streams_sensor_interval_seconds
 from ch_pipeline.warehouse.schema import landing_columns
 
 OTHER_STREAMS = [spec for spec in STREAMS.values() if spec.name != COMPANIES]
@@ -131,12 +135,13 @@ class StreamLandingDefs:
     topic: dg.AssetSpec
     asset: dg.AssetsDefinition
     check: dg.AssetChecksDefinition
+    replay_window: dg.AssetChecksDefinition  # on the topic
     job: Any  # the UnresolvedAssetJobDefinition of build_landing_job
     sensor: dg.SensorDefinition
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(
-            assets=[self.api, self.topic, self.asset], asset_checks=[self.check], jobs=[self.job], sensors=[self.sensor]
+            assets=[self.api, self.topic, self.asset], asset_checks=[self.check, self.replay_window], jobs=[self.job], sensors=[self.sensor]
         )
 
 
@@ -145,11 +150,14 @@ def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     topic = topic_spec(spec, api)
     asset = landing_asset(spec, topic)
     check = completeness_check(spec, asset)
+    retention_hours = stream_retention_hours()
+    replay_window = replay_window_check(spec, retention_hours, PROBE_TIMEOUT_SECONDS)
     job = build_landing_job(asset, f"{spec.landing_table}_job")
     sensor = build_kafka_sensor(
-        minimum_interval_seconds=streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job
-    )
-    return StreamLandingDefs(api, topic, asset, check, job, sensor)
+        minimum_interval_seconds=streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job,
+        retention_hours=retention_hours,
+    )  # fmt: skip
+    return StreamLandingDefs(api, topic, asset, check, replay_window, job, sensor)
 
 
 # Each stream's definitions by stream name (tests take a stream's asset, job and sensor from here).

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 _RANGE = re.compile(r"p(\d+):(\d+)-(\d+)")
 
@@ -93,6 +93,26 @@ def next_offsets(batches: Iterable[list[OffsetRange]]) -> dict[int, int]:
     return {r.partition: r.next_offset for batch in batches for r in batch}
 
 
+@dataclass(frozen=True)
+class NewestMessage:
+    """The last message of one Kafka partition, as the offset probe saw it."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int | None  # the Kafka message timestamp (ms since the epoch), None when not set
+
+
+@dataclass(frozen=True)
+class TopicProbe:
+    """Where a topic stands now, per Kafka partition: first retained offset, end offset (the next
+    to be written), and the newest message (absent for an empty partition)."""
+
+    lows: dict[int, int]
+    ends: dict[int, int]
+    newest: dict[int, NewestMessage]
+
+
 class TopicMissing(LookupError):
     """The topic does not exist on the cluster."""
 
@@ -113,7 +133,13 @@ def topic_partitions(consumer: Consumer, topic: str, timeout: float) -> list[int
 
 
 def probe_offsets(config: Mapping[str, str], topic: str, timeout: float = 10.0) -> tuple[dict[int, int], dict[int, int]]:
-    """(first retained offset, end offset = next offset to be written) per Kafka partition.
+    """(first retained offset, end offset = next offset to be written) per Kafka partition."""
+    probe = probe_topic(config, topic, timeout)
+    return probe.lows, probe.ends
+
+
+def probe_topic(config: Mapping[str, str], topic: str, timeout: float = 10.0) -> TopicProbe:
+    """Each Kafka partition's first retained offset, end offset and newest message.
 
     The reported high watermark is exact on Apache Kafka, but the local broker reports the first
     offset of the last record batch + 1 (docs/architecture.md §9). So the high watermark is used only as a lower
@@ -121,7 +147,9 @@ def probe_offsets(config: Mapping[str, str], topic: str, timeout: float = 10.0) 
     whose offset is the true end on both. On Kafka that reads at most one message per partition;
     on the local broker at most the last record batch. Never the backlog, and independent of any
     cursor (the local broker never answers a fetch past the end, where Kafka would say
-    OFFSET_OUT_OF_RANGE, so starting from a cursor past the end would wait forever).
+    OFFSET_OUT_OF_RANGE, so starting from a cursor past the end would wait forever). The last
+    message that read passes is the partition's newest, which the stream watches read
+    (``ch_pipeline.defs.watch``) at no extra round trip.
     """
     errors: list[KafkaError] = []
     consumer = Consumer(
@@ -150,7 +178,7 @@ def probe_offsets(config: Mapping[str, str], topic: str, timeout: float = 10.0) 
         consumer.close()
 
 
-def _probe(consumer: Consumer, topic: str, timeout: float) -> tuple[dict[int, int], dict[int, int]]:
+def _probe(consumer: Consumer, topic: str, timeout: float) -> TopicProbe:
     partitions = topic_partitions(consumer, topic, timeout)
     lows: dict[int, int] = {}
     ends: dict[int, int] = {}
@@ -161,16 +189,19 @@ def _probe(consumer: Consumer, topic: str, timeout: float) -> tuple[dict[int, in
         ends[partition] = max(high, low)
         start = max(high - 1, low)
         starts.append(TopicPartition(topic, partition, start))
-    ends.update(_read_to_eof(consumer, starts, timeout))
-    return lows, ends
+    read_ends, newest = _read_to_eof(consumer, starts, timeout)
+    ends.update(read_ends)
+    return TopicProbe(lows, ends, newest)
 
 
-def _read_to_eof(consumer: Consumer, starts: list[TopicPartition], timeout: float) -> dict[int, int]:
-    """End offset per partition: where the end-of-partition event is seen, reading from ``starts``."""
+def _read_to_eof(consumer: Consumer, starts: list[TopicPartition], timeout: float) -> tuple[dict[int, int], dict[int, NewestMessage]]:
+    """End offset and newest message per partition: where the end-of-partition event is seen, and the
+    last message before it, reading from ``starts``."""
 
     consumer.assign(starts)
     pending = {tp.partition for tp in starts}
     ends = {tp.partition: tp.offset for tp in starts}
+    newest: dict[int, NewestMessage] = {}
     deadline = time.monotonic() + timeout
     while pending:
         if time.monotonic() > deadline:
@@ -179,9 +210,19 @@ def _read_to_eof(consumer: Consumer, starts: list[TopicPartition], timeout: floa
             error = message.error()
             if error is None:
                 ends[message.partition()] = max(ends[message.partition()], message.offset() + 1)
+                _keep_newest(newest, message)
             elif error.code() == KafkaError._PARTITION_EOF:
                 ends[message.partition()] = max(ends[message.partition()], message.offset())
                 pending.discard(message.partition())
             elif error.fatal() or not error.retriable():
                 raise KafkaException(error)
-    return ends
+    return ends, newest
+
+
+def _keep_newest(newest: dict[int, NewestMessage], message) -> None:
+    kept = newest.get(message.partition())
+    if kept is not None and kept.offset >= message.offset():
+        return
+    kind, timestamp = message.timestamp()
+    known = kind != TIMESTAMP_NOT_AVAILABLE and timestamp >= 0
+    newest[message.partition()] = NewestMessage(message.partition(), message.offset(), message.value(), timestamp if known else None)

@@ -291,6 +291,8 @@ class DaemonStack(StartedInWith):
             "KAFKA_TOPIC": self.topic,
             "CH_STREAM_URL": self.replay.url,
             "CH_SENSOR_INTERVAL_SECONDS": str(self.config.sensor_interval),
+            # The replay server's events are dated early 2026: ages only, as under `ch-pipeline run`.
+            "CH_STREAM_RETENTION_HOURS": "0",
             # dbt's target folder inside the scenario (the default, ch_dbt/target, is shared by
             # every run of the checkout: other test sessions' builds would write the same files).
             "DBT_TARGET_PATH": str(self.root / "dbt-target"),
