@@ -100,9 +100,14 @@ class ProductionStack(StartedInWith):
     def duckdb_path(self) -> Path:
         return Path(self.env_of("ch-pipeline-code")["CH_DATA_DIR"]) / "warehouse.duckdb"  # settings.py's default
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return Path(self.env_of("producer")["CH_CHECKPOINT_PATH"])
+    def stream_target(self, producer: str):
+        """The URL, topic and checkpoint producer service ``producer`` follows: its own Settings, from its environment."""
+        from unittest import mock
+
+        from ch_pipeline.settings import Settings
+
+        with mock.patch.dict(os.environ, self.env_of(producer), clear=True):
+            return Settings.from_env().stream_settings(PRODUCERS[producer])
 
     @property
     def compute_logs(self) -> Path:
