@@ -34,7 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES
-from ch_pipeline.compose_project import producer_services
+from ch_pipeline.compose_project import image_env, producer_services
 from ch_pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -300,8 +300,6 @@ def test_every_catalogue_stream_has_its_producer_service_with_the_companies_prod
 def container_settings(service: dict, monkeypatch) -> Settings:
     """Settings as `ch-pipeline produce` builds them in the service's container: the image's ENV, then
     its env files (their templates); the Kafka config file is emptied (it is not read here)."""
-    from ch_pipeline.compose_project import image_env
-
     for key in list(os.environ):
         if key.startswith(("CH_", "KAFKA_")):
             monkeypatch.delenv(key)
