@@ -10,8 +10,8 @@ What stands in for what: ``postgres`` is a throwaway Postgres cluster (``Postgre
 as an unprivileged user, loopback only); ``kafka`` is the local broker (tansu) and ``replay-server``
 the replay server, both as the self-contained profiles (``--profile kafka --profile replay``) would
 have them (the replay server serves every stream: each producer service follows its own); the image
-is a copy of what the Dockerfile COPYs, with the dbt manifest parsed the way its build does. The env files are ``deploy/*.env.example`` filled in with the README's
-self-contained values (DuckDB warehouse), the secret files are empty, root-owned, mode 0640.
+is a copy of what the Dockerfile COPYs, with the dbt manifest parsed the way its build does. The env
+files are ``deploy/*.env.example`` filled in with the README's self-contained values (DuckDB warehouse), the secret files are empty, root-owned, mode 0640.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 import click
 
 from ch_pipeline.companies_house.streams import COMPANIES
-
 from ch_pipeline.compose_project import (REPO_ROOT, Placement, dockerfile, fill_env_template, image_env, on_this_machine,
                                          producer_services, read_compose, read_env_file, self_contained_values)  # fmt: skip
 from ch_pipeline.kafka.broker import LocalBroker, free_port, port_is_taken
