@@ -11,7 +11,8 @@ as an unprivileged user, loopback only); ``kafka`` is the local broker (tansu) a
 the replay server, both as the self-contained profiles (``--profile kafka --profile replay``) would
 have them (the replay server serves every stream: each producer service follows its own); the image
 is a copy of what the Dockerfile COPYs, with the dbt manifest parsed the way its build does. The env
-files are ``deploy/*.env.example`` filled in with the README's self-contained values (DuckDB warehouse), the secret files are empty, root-owned, mode 0640.
+files are ``deploy/*.env.example`` filled in with the README's self-contained values (DuckDB
+warehouse), the secret files are empty, root-owned, mode 0640.
 """
 
 from __future__ import annotations
