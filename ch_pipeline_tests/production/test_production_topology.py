@@ -188,6 +188,8 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
             pid = worker_pid(instance, run.run_id)
             if pid is None:
                 continue
+            if instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS):
+                continue  # landed already: killed now, it would leave run retries no step to retry
             try:
                 worker = psutil.Process(pid)
                 parents = [p.pid for p in worker.parents()]
