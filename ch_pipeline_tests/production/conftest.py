@@ -20,7 +20,7 @@ from ch_pipeline.postgres_cluster import PostgresCluster, postgres_bin_dir
 from ch_pipeline.production_stack import ProductionStack
 
 # The stream: 600 distinct events at 60/s, so the Kafka sensor (every 2 s) cuts a few landing runs,
-# and the whole test stays within ~4 minutes on 2 busy cores (each run is a process of ~5-20 s here).
+# and the whole test stays within ~2-8 minutes on 2 busy cores (each run is a process of ~5-20 s here).
 EVENTS, RATE, SEED, BULK_ROWS, SENSOR_INTERVAL = 600, 60.0, 11, 2000, 2
 # Every stream has its producer service; one other stream (officers) flows end to end, the rest are
 # quiet (heartbeats only): each flowing stream costs landing runs and dbt builds on the same 2 cores.
