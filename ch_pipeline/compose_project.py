@@ -20,14 +20,17 @@ from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_nam
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def self_contained_values(password: str, sensor_interval: int | None) -> dict[str, dict[str, str]]:
+def self_contained_values(password: str, sensor_interval: int | None, streams_sensor_interval: int | None = None) -> dict[str, dict[str, str]]:
     """What goes into each ``deploy/<name>.env`` (over its ``.example``): README "Self-contained".
 
     Container names and paths, as an operator writes them; ``on_this_machine`` maps them.
     """
     pipeline = {"CH_WAREHOUSE": "duckdb", "DBT_TARGET": "duckdb", "CH_BULK_CSV": f"/var/lib/ch-pipeline/{published_name(SAMPLE_FILE_DATE, '.csv')}"}
+    # Both read by the code server (its sensors).
     if sensor_interval:
-        pipeline["CH_SENSOR_INTERVAL_SECONDS"] = str(sensor_interval)  # read by the code server
+        pipeline["CH_SENSOR_INTERVAL_SECONDS"] = str(sensor_interval)
+    if streams_sensor_interval:
+        pipeline["CH_STREAMS_SENSOR_INTERVAL_SECONDS"] = str(streams_sensor_interval)
     return {
         "postgres": {"POSTGRES_PASSWORD": password},
         "kafka": {"KAFKA_CONFIG_FILE": "", "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092"},
@@ -102,6 +105,20 @@ def service_mounts(service: dict, place: Placement) -> list[dict]:
 
 def read_compose(path: Path = REPO_ROOT / "docker-compose.yml") -> dict:
     return yaml.safe_load(path.read_text())
+
+
+def producer_services(compose: dict) -> dict[str, str]:
+    """{service: the stream it follows} for every service whose command is ``ch-pipeline produce``: the
+    compose file alone says which producers production runs (``--stream``, else produce's default)."""
+    from ch_pipeline.kafka.producer import produce_command
+
+    default = next(p.default for p in produce_command.params if p.name == "stream_name")
+    found = {}
+    for name, service in compose["services"].items():
+        argv = service.get("command") or []
+        if argv[:2] == ["ch-pipeline", "produce"]:
+            found[name] = argv[argv.index("--stream") + 1] if "--stream" in argv else default
+    return found
 
 
 def dockerfile(path: Path = REPO_ROOT / "Dockerfile") -> list[tuple[str, str]]:

@@ -9,9 +9,10 @@ a container would see into what a process here needs). Each service is a ``ch_pi
 What stands in for what: ``postgres`` is a throwaway Postgres cluster (``PostgresCluster``: initdb
 as an unprivileged user, loopback only); ``kafka`` is the local broker (tansu) and ``replay-server``
 the replay server, both as the self-contained profiles (``--profile kafka --profile replay``) would
-have them; the image is a copy of what the Dockerfile COPYs, with the dbt manifest parsed the way
-its build does. The env files are ``deploy/*.env.example`` filled in with the README's
-self-contained values (DuckDB warehouse), the secret files are empty, root-owned, mode 0640.
+have them (the replay server serves every stream: each producer service follows its own); the image
+is a copy of what the Dockerfile COPYs, with the dbt manifest parsed the way its build does. The env
+files are ``deploy/*.env.example`` filled in with the README's self-contained values (DuckDB
+warehouse), the secret files are empty, root-owned, mode 0640.
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ from pathlib import Path
 
 import click
 
+from ch_pipeline.companies_house.streams import COMPANIES
 from ch_pipeline.compose_project import (REPO_ROOT, Placement, dockerfile, fill_env_template, image_env, on_this_machine,
-                                         read_compose, read_env_file, self_contained_values)  # fmt: skip
+                                         producer_services, read_compose, read_env_file, self_contained_values)  # fmt: skip
 from ch_pipeline.kafka.broker import LocalBroker, free_port, port_is_taken
 from ch_pipeline.postgres_cluster import PostgresCluster
 from ch_pipeline.production_image import ImageCopy
 from ch_pipeline.processes import Child, StartedInWith, stop_children, stop_requested
 
 VENV_BIN = Path(sys.executable).parent
+# {service: stream}: every producer of the compose file, one per stream.
+PRODUCERS = producer_services(read_compose())
 # Run by ProductionStack, in the compose file's order (depends_on decides when each may start).
-SERVICES = ("dagster-migrate", "kafka-topic", "ch-pipeline-code", "dagster-webserver", "dagster-daemon", "producer")
+SERVICES = ("dagster-migrate", "kafka-topic", "ch-pipeline-code", "dagster-webserver", "dagster-daemon", *PRODUCERS)
 # Started here instead of their images, on a free loopback port each: {service: the image's port}.
 STAND_INS = {"postgres": 5432, "kafka": 9092, "replay-server": 8765}
 DEFAULT_GRACE = 10.0  # docker compose's default stop_grace_period
@@ -50,12 +54,15 @@ class ProductionStack(StartedInWith):
     """``docker-compose.yml``'s services as local processes; ``with ProductionStack(root, ...) as stack:``."""
 
     def __init__(self, root: Path, events: int = 1000, rate: float | None = 20.0, seed: int = 7, bulk_rows: int = 2000,
-                 sensor_interval: int | None = 2, web_port: int | None = None, postgres: PostgresCluster | None = None) -> None:  # fmt: skip
+                 sensor_interval: int | None = 2, web_port: int | None = None, postgres: PostgresCluster | None = None,
+                 stream_events: dict[str, int] | None = None, streams_sensor_interval: int | None = None) -> None:  # fmt: skip
+        """``events``: the companies history; ``stream_events``: another stream's (default ``events``)."""
         self.root = root
         self.compose = read_compose()
         self.events, self.rate, self.seed, self.bulk_rows = events, rate, seed, bulk_rows
+        self.stream_events = dict(stream_events or {})
         self.password = postgres.password if postgres else secrets.token_hex(16)
-        self.values = self_contained_values(self.password, sensor_interval)
+        self.values = self_contained_values(self.password, sensor_interval, streams_sensor_interval)
         self.postgres = postgres
         self.own_postgres = postgres is None
         self.web_port = web_port
@@ -93,9 +100,14 @@ class ProductionStack(StartedInWith):
     def duckdb_path(self) -> Path:
         return Path(self.env_of("ch-pipeline-code")["CH_DATA_DIR"]) / "warehouse.duckdb"  # settings.py's default
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return Path(self.env_of("producer")["CH_CHECKPOINT_PATH"])
+    def stream_target(self, producer: str):
+        """The URL, topic and checkpoint producer service ``producer`` follows: its own Settings, from its environment."""
+        from unittest import mock
+
+        from ch_pipeline.settings import Settings
+
+        with mock.patch.dict(os.environ, self.env_of(producer), clear=True):
+            return Settings.from_env().stream_settings(PRODUCERS[producer])
 
     @property
     def compute_logs(self) -> Path:
@@ -143,7 +155,8 @@ class ProductionStack(StartedInWith):
             log(f"postgres: initdb + pg_ctl start on 127.0.0.1:{self.postgres.port}")
             self.postgres.start()
         self.broker = LocalBroker(log_path=self.root / "logs" / "kafka.log").start()
-        self.replay = ReplayServer(events=self.events, seed=self.seed, rate=self.rate, heartbeat_interval=1.0).start()
+        self.replay = ReplayServer(events=self.events, seed=self.seed, rate=self.rate, heartbeat_interval=1.0,
+                                   stream_events=self.stream_events).start()  # fmt: skip
         ports = {STAND_INS["postgres"]: self.postgres.port, STAND_INS["kafka"]: self.broker.port, STAND_INS["replay-server"]: self.replay.port}
         for name, service in self.compose["services"].items():
             declared = [int(str(p).split(":")[-1]) for p in (*service.get("expose", ()), *service.get("ports", ()))]
@@ -252,10 +265,14 @@ class ProductionStack(StartedInWith):
 
 @click.command("prod-local")
 @click.option("--port", default=3000, show_default=True, help="Dagster webserver port (127.0.0.1).")
-@click.option("--events", default=20_000, show_default=True, help="Events in the replay server's history.")
-@click.option("--rate", default=20.0, show_default=True, help="Events per second streamed by the replay server.")
+@click.option("--events", default=20_000, show_default=True, help="Events in the replay server's companies history.")
+@click.option("--stream-events", default=2_000, show_default=True, help="Events in each other stream's history.")
+@click.option("--rate", default=20.0, show_default=True, help="Events per second streamed by the replay server, per stream.")
 @click.option("--sensor-interval", default=None, type=int, help="CH_SENSOR_INTERVAL_SECONDS for the code server (default: production's).")
-def prod_local_command(port: int, events: int, rate: float, sensor_interval: int | None) -> None:
+@click.option("--streams-sensor-interval", default=None, type=int,
+              help="CH_STREAMS_SENSOR_INTERVAL_SECONDS for the code server: the other streams' sensors (default: production's).")
+def prod_local_command(port: int, events: int, stream_events: int, rate: float, sensor_interval: int | None,
+                       streams_sensor_interval: int | None) -> None:  # fmt: skip
     """Run docker-compose.yml's services as local processes, on a throwaway Postgres. Ctrl-C stops all.
 
     Self-contained: the local broker stands in for Kafka, the replay server for the Companies House
@@ -264,7 +281,10 @@ def prod_local_command(port: int, events: int, rate: float, sensor_interval: int
     if port and port_is_taken(port):
         raise click.ClickException(f"port {port} is already in use: stop what holds it or pass --port")
     root = Path(tempfile.mkdtemp(prefix="ch-prod-local-"))
-    stack = ProductionStack(root, events=events, rate=rate, sensor_interval=sensor_interval, web_port=port)
+    others = {stream: stream_events for stream in PRODUCERS.values()}
+    others.pop(COMPANIES, None)
+    stack = ProductionStack(root, events=events, rate=rate, sensor_interval=sensor_interval, web_port=port,
+                            stream_events=others, streams_sensor_interval=streams_sensor_interval)  # fmt: skip
     failed = True
     with stop_requested() as stop:
         try:

@@ -146,11 +146,13 @@ class ReplayServer:
         """The first line to serve for a ``timepoint`` request; None when it is outside the window."""
         timepoints = self.log(stream_name).timepoints
         window_start = self.first_timepoint_of(stream_name)
+        # A stream with no events (``stream_events`` 0) is a quiet one: open, heartbeats only.
+        last = timepoints[-1] if timepoints else window_start - 1
         if self.retain is not None:
-            window_start = max(window_start, timepoints[-1] - self.retain + 1)
+            window_start = max(window_start, last - self.retain + 1)
         if timepoint is None:
             timepoint = window_start
-        if timepoint < window_start or timepoint > timepoints[-1] + 1:
+        if timepoint < window_start or timepoint > last + 1:
             return None
         return bisect.bisect_left(timepoints, timepoint)  # timepoints are sorted
 

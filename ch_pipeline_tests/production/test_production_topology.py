@@ -1,7 +1,7 @@
 """Issue 18: the production topology of docker-compose.yml, run for real without Docker.
 
 The services of the compose file that run our image (dagster-migrate, kafka-topic, ch-pipeline-code,
-dagster-webserver, dagster-daemon, producer) run as local processes with the commands, env files,
+dagster-webserver, dagster-daemon, and a producer per Companies House stream) run as local processes with the commands, env files,
 ``environment:`` and ``depends_on`` conditions read from the compose file, on a throwaway Postgres
 (deploy/dagster.yaml: run, event log and schedule storage, QueuedRunCoordinator, run monitoring,
 run retries, compute logs). The local broker stands in for Kafka, the replay server for the
@@ -33,7 +33,9 @@ from ch_pipeline.defs.stream import OFFSETS_TAG
 from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import KafkaUnavailable, probe_offsets
 from ch_pipeline.demo_verdict import compare_core
-from ch_pipeline.production_stack import SERVICES
+from ch_pipeline.demo_verdict import compare_stream_model
+from ch_pipeline.production_stack import PRODUCERS, SERVICES
+from ch_pipeline_tests.production.conftest import FLOWING, FLOWING_EVENTS, STREAM_EVENTS
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,9 +67,9 @@ def wait(what: str, condition, timeout: float, stack, interval: float = 0.5):
 
 
 def stack_alive(stack) -> None:
-    for name in ("ch-pipeline-code", "dagster-webserver", "dagster-daemon", "producer"):
+    for name in ("ch-pipeline-code", "dagster-webserver", "dagster-daemon", *PRODUCERS):
         service = stack.services[name]
-        stopped = name == "producer" and service.returncode == 0  # stopped by the last test
+        stopped = name in PRODUCERS and service.returncode == 0  # stopped by the last test
         assert service.returncode is None or stopped, f"{name} exited with code {service.returncode}:\n{service.tail()}"
 
 
@@ -116,7 +118,18 @@ def test_every_service_ran_the_command_of_the_compose_file(production_stack):
         assert len(service.argv) == len(command)
     assert production_stack.services["dagster-migrate"].returncode == 0
     assert production_stack.services["kafka-topic"].returncode == 0
-    assert "topic company_house: created" in production_stack.services["kafka-topic"].log.read_text()
+    created = production_stack.services["kafka-topic"].log.read_text()
+    for producer in PRODUCERS:
+        assert f"topic {production_stack.stream_target(producer).topic}: created" in created
+
+
+def test_a_producer_service_per_stream_each_holding_its_own_connection(production_stack):
+    """The compose file's producers are the catalogue's streams, each followed by its own process;
+    nine connections on one key, within the replay server's (and Companies House's) limit of ten."""
+    assert sorted(PRODUCERS.values()) == sorted(STREAMS)
+    targets = {producer: production_stack.stream_target(producer) for producer in PRODUCERS}
+    assert len({t.topic for t in targets.values()}) == len({t.checkpoint_path for t in targets.values()}) == len(STREAMS)
+    wait("every producer connected", lambda: production_stack.replay.open_connections() == len(PRODUCERS), 60, production_stack)
 
 
 def test_the_migrate_service_created_the_instance_schema_in_postgres(production_stack):
@@ -175,6 +188,8 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
             pid = worker_pid(instance, run.run_id)
             if pid is None:
                 continue
+            if instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS):
+                continue  # landed already: killed now, it would leave run retries no step to retry
             try:
                 worker = psutil.Process(pid)
                 parents = [p.pid for p in worker.parents()]
@@ -217,8 +232,8 @@ def test_a_sigkilled_landing_run_worker_is_failed_by_its_code_server_and_its_ret
 
 def settled(stack, instance) -> str | None:
     """None once the pipeline has nothing left to do, else why not."""
-    stream_url = stack.env_of("producer")["CH_STREAM_URL"]
-    if read_checkpoint(stack.checkpoint_path, stream_url) != stack.replay.timepoints[-1]:
+    target = stack.stream_target("producer")
+    if read_checkpoint(target.checkpoint_path, target.url) != stack.replay.timepoints[-1]:
         return "the producer has not delivered the whole history"
     try:
         _, ends = probe_offsets({"bootstrap.servers": stack.broker.bootstrap_servers}, "company_house", timeout=10)
@@ -278,6 +293,54 @@ def test_landing_and_dbt_runs_launched_by_the_daemon_succeed_and_the_core_equals
     assert result["mismatched"] == [], f"{len(result['mismatched'])} companies differ from the ground truth"
 
 
+def test_another_stream_flows_through_its_own_producer_topic_sensor_and_landing_runs(production_stack, instance):
+    """Officers: replay server -> producer-officers -> its topic -> its sensor -> its landing runs (the
+    daemon, through the code server) -> its landing table -> its current-state model (dbt automation)."""
+    spec, target = STREAMS[FLOWING], production_stack.stream_target(f"producer-{FLOWING}")
+    job, sensor = f"{spec.landing_table}_job", f"{spec.default_topic}_kafka_sensor"
+    served = production_stack.replay.log(FLOWING)  # FLOWING_EVENTS events, and the duplicates the API sends
+
+    def landed() -> str | None:
+        if read_checkpoint(target.checkpoint_path, target.url) != served.timepoints[-1]:
+            return "producer-officers has not delivered the whole history"
+        _, ends = probe_offsets({"bootstrap.servers": production_stack.broker.bootstrap_servers}, target.topic, timeout=10)
+        states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == sensor]
+        cursor = json.loads(states[0].instigator_data.cursor or "{}") if states and states[0].instigator_data else {}
+        if {int(p): o for p, o in cursor.items()} != ends:
+            return f"{sensor} cursor {cursor} != Kafka ends {ends}"
+        if instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT)):
+            return "runs in flight"
+        landing = instance.get_latest_materialization_event(dg.AssetKey(spec.landing_table))
+        model = instance.get_latest_materialization_event(dg.AssetKey(spec.current_model))
+        build = instance.get_run_record_by_id(model.run_id) if model else None
+        if landing is None or build is None or build.start_time <= landing.timestamp:
+            return f"no build of {spec.current_model} since the last landing"
+        return None
+
+    reason = None
+
+    def done() -> bool:
+        nonlocal reason
+        reason = landed()
+        return reason is None
+
+    try:
+        wait(f"{FLOWING} landed", done, SETTLE_BOUND, production_stack, interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{reason}\n{exc}") from None
+    runs = list(instance.get_runs(filters=RunsFilter(job_name=job)))
+    assert runs and all(r.status == DagsterRunStatus.SUCCESS and r.tags.get(SENSOR_NAME_TAG) == sensor for r in runs)
+    _, ends = probe_offsets({"bootstrap.servers": production_stack.broker.bootstrap_servers}, target.topic, timeout=10)
+    assert sum(ends.values()) == len(served.lines) >= FLOWING_EVENTS
+    events = [json.loads(line) for line in served.lines]
+    result = compare_stream_model(production_stack.duckdb_path, spec, events)
+    assert (result["landed"], result["rejects"]) == (len(served.lines), 0)
+    assert result["mismatched"] == [], f"{len(result['mismatched'])} of {result['expected']} {FLOWING} items differ"
+    print(f"{FLOWING}: {len(runs)} landing runs, {result['rows']} current rows")
+    quiet = [name for name, count in STREAM_EVENTS.items() if count == 0]
+    assert all(not instance.get_runs(filters=RunsFilter(job_name=f"{STREAMS[name].landing_table}_job")) for name in quiet)
+
+
 # --- the webserver and the compute logs ------------------------------------------------------------
 
 
@@ -298,14 +361,17 @@ def test_the_webserver_lists_every_asset_the_code_server_defines(production_stac
 def test_compute_logs_of_finished_runs_are_files_the_webserver_reads(production_stack, instance):
     checked = 0
     for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS]), limit=3):
-        (captured,) = [r.dagster_event.event_specific_data for r in instance.all_logs(run.run_id, of_type=DagsterEventType.LOGS_CAPTURED)]
-        files = production_stack.compute_logs / run.run_id / "compute_logs"
-        stderr = (files / f"{captured.file_key}.err").read_text()
-        assert "STEP_START" in stderr or "Started execution of step" in stderr, stderr[:2000]
-        assert (files / f"{captured.file_key}.complete").exists()
-        data = graphql(production_stack, "query($key: [String!]!) { capturedLogs(logKey: $key) { stdout stderr } }",
-                       key=[run.run_id, "compute_logs", captured.file_key])  # fmt: skip
-        assert data["capturedLogs"]["stderr"] == stderr
+        # One capture per step process: another stream's landing run has two (the landing and its check).
+        captures = [r.dagster_event.event_specific_data for r in instance.all_logs(run.run_id, of_type=DagsterEventType.LOGS_CAPTURED)]
+        assert captures, run.run_id
+        for captured in captures:
+            files = production_stack.compute_logs / run.run_id / "compute_logs"
+            stderr = (files / f"{captured.file_key}.err").read_text()
+            assert "STEP_START" in stderr or "Started execution of step" in stderr, stderr[:2000]
+            assert (files / f"{captured.file_key}.complete").exists()
+            data = graphql(production_stack, "query($key: [String!]!) { capturedLogs(logKey: $key) { stdout stderr } }",
+                           key=[run.run_id, "compute_logs", captured.file_key])  # fmt: skip
+            assert data["capturedLogs"]["stderr"] == stderr
         checked += 1
     assert checked == 3
 
@@ -360,13 +426,16 @@ def test_nothing_is_written_into_the_image(production_stack):
     assert written <= {"opt/dagster/dagster_home/logs", "opt/dagster/dagster_home/.logs_queue"}, sorted(written)
 
 
-def test_the_producer_stops_on_sigterm_within_its_grace_period_with_its_checkpoint(production_stack):
-    """What `docker compose stop producer` does: SIGTERM to the container's process, SIGKILL after
-    stop_grace_period. The compose file promises: flush, checkpoint, exit 0."""
-    producer = production_stack.services["producer"]
-    grace = float(production_stack.compose["services"]["producer"]["stop_grace_period"].rstrip("s"))
-    producer.process.send_signal(signal.SIGTERM)
-    assert producer.process.wait(timeout=grace) == 0, producer.tail()
-    stream_url = production_stack.env_of("producer")["CH_STREAM_URL"]
-    assert read_checkpoint(production_stack.checkpoint_path, stream_url) == production_stack.replay.timepoints[-1]
-    assert f"checkpoint at timepoint {production_stack.replay.timepoints[-1]}" in producer.tail(3)
+def test_the_producers_stop_on_sigterm_within_their_grace_period_with_their_checkpoints(production_stack):
+    """What `docker compose stop` does to each producer: SIGTERM to the container's process, SIGKILL
+    after stop_grace_period. The compose file promises: flush, checkpoint, exit 0."""
+    for name in PRODUCERS:
+        production_stack.services[name].process.send_signal(signal.SIGTERM)
+    for name in PRODUCERS:
+        producer, target = production_stack.services[name], production_stack.stream_target(name)
+        grace = float(production_stack.compose["services"][name]["stop_grace_period"].rstrip("s"))
+        assert producer.process.wait(timeout=grace) == 0, producer.tail()
+        last = production_stack.replay.log(PRODUCERS[name]).timepoints[-1:] or [None]  # a quiet stream: none
+        assert read_checkpoint(target.checkpoint_path, target.url) == last[0], name
+    last = production_stack.replay.timepoints[-1]
+    assert f"checkpoint at timepoint {last}" in production_stack.services["producer"].tail(3)
