@@ -207,4 +207,4 @@ def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_r
     if differing:
         raise click.ClickException(f"stream models differ from the ground truth: {differing} items")
     models = " and every stream's current-state model" if others else ""
-    console.print(f"[bold green]OK[/]: company_house_core{models} equal the ground truth of the served events.", soft_wrap=True)
+    console.print(f"[bold green]OK[/]: company_house_core{models} {'equal' if others else 'equals'} the ground truth of the served events.", soft_wrap=True)
