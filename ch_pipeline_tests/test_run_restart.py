@@ -148,8 +148,9 @@ def test_run_killed_outright_and_restarted_converges_to_the_truth_on_every_strea
     stack.start("run-2.log")
     try:
         stack.wait("started", lambda: "Ctrl-C stops everything" in stack.output(), 180)
-        # Each topic rebuilt from its landed rows (officers' first log held its producer's re-sends).
-        assert "resuming company_house:" in stack.output() and "resuming company_house_officers:" in stack.output()
+        # The companies topic rebuilt from its landed rows (it had landed: the core was built). Whether
+        # officers had landed before the kill depends on the pool's turns: either way it must converge.
+        assert "resuming company_house:" in stack.output()
 
         def converged() -> bool:
             if any(stack.checkpoint(name) < stack.server.log(name).timepoints[-1] for name in STREAM_NAMES):
