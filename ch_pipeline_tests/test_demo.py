@@ -15,7 +15,7 @@ from ch_pipeline.companies_house.streams import STREAMS
 def test_demo_streams_every_stream_through_every_stage_and_each_model_equals_the_ground_truth(tmp_path):
     data = tmp_path / "demo"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "ch-pipeline"), "demo", "--events", "3000", "--stream-events", "150", "--rate", "300",
+        [str(Path(sys.executable).parent / "ch-pipeline"), "demo", "--events", "3000", "--stream-events", "150", "--rate", "100",
          "--bulk-rows", "2000", "--data-dir", str(data), "--timeout", "600"],
         capture_output=True, text=True, timeout=700,
     )  # fmt: skip
@@ -32,7 +32,7 @@ def test_demo_streams_every_stream_through_every_stage_and_each_model_equals_the
         core = con.execute("select count(*) from company_house_core").fetchone()[0]
         models = {spec.current_model: con.execute(f"select count(*) from {spec.current_model}").fetchone()[0]
                   for spec in STREAMS.values() if spec.current_model}  # fmt: skip
-    assert partitions >= 2, "events streamed over ~10 s should land as several partitions"
+    assert partitions >= 2, "events streamed over ~30 s should land as several landings"
     assert duplicates == 0
     assert core > 2000
     # Each stream's model was built and holds items (the demo compared them with the ground truth).
