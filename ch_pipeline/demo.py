@@ -55,7 +55,7 @@ class DemoProgress:
             and self.messages > 0
             and self.landed >= self.messages
             and self.last_landing_at is not None
-            and any(start > self.last_landing_at for start, _ in self.core_runs)
+            and any(start >= self.last_landing_at for start, _ in self.core_runs)
         )
 
 
@@ -64,7 +64,9 @@ def poll_instance(instance, progress: DemoProgress) -> None:
     import dagster as dg
 
     latest: dict[str, tuple[float, int]] = {}
+    landed_in_run: dict[str, float] = {}  # a run that landed, then built the core (defs/stream.py)
     for record in instance.fetch_materializations(dg.AssetKey(progress.landing_asset), limit=10_000).records:
+        landed_in_run[record.run_id] = max(landed_in_run.get(record.run_id, 0.0), record.timestamp)
         metadata = record.asset_materialization.metadata
         count = int(metadata["rows"].value) + int(metadata["rejects"].value)
         landing = metadata["landing"].value  # the offset ranges: a re-executed landing counts once
@@ -72,11 +74,13 @@ def poll_instance(instance, progress: DemoProgress) -> None:
             latest[landing] = (record.timestamp, count)
     progress.landed = sum(count for _, count in latest.values())
     progress.last_landing_at = max((ts for ts, _ in latest.values()), default=None)
-    # A dbt run counts once it has rebuilt every one of the stream's models.
+    # A dbt run counts once it has rebuilt every one of the stream's models. It sees what landed before it
+    # started, and what its own run landed before the build.
     runs = [_materializing_runs(instance, model) for model in progress.models]
     progress.core_runs = sorted(
-        (start, max(run[run_id][1] for run in runs)) for run_id, (start, _) in runs[0].items() if all(run_id in run for run in runs)
-    )
+        (max(start, landed_in_run.get(run_id, start)), max(run[run_id][1] for run in runs))
+        for run_id, (start, _) in runs[0].items() if all(run_id in run for run in runs)
+    )  # fmt: skip
 
 
 def _materializing_runs(instance, asset: str) -> dict[str, tuple[float, float]]:

@@ -95,7 +95,8 @@ def compare_stream_model(duckdb_path: Path, spec: StreamSpec, events: list[dict]
 
 
 def latencies(landed: list[tuple[datetime, datetime]], core_runs: list[tuple[float, float]]) -> list[float]:
-    """Seconds from the event entering Kafka to the end of the first dbt run that started after it landed."""
+    """Seconds from the event entering Kafka to the end of the first dbt build that saw it: started after it
+    landed, or built after landing it in the same run."""
     result = []
     for ingested_at, kafka_timestamp in landed:
         if kafka_timestamp is None:

@@ -23,12 +23,11 @@ from packaging import version
 from ch_pipeline.defs.metadata import ASSET_GROUP
 from ch_pipeline.defs.streams import STREAM_LANDINGS, STREAMS_MINIMUM_INTERVAL_SECONDS
 from ch_pipeline.settings import Settings, dbt_build_target_path, sensor_interval_seconds, streams_sensor_interval_seconds
-from ch_pipeline.warehouse.schema import BULK_TABLE, STREAM_TABLE
+from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
 ch_dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 SNAPSHOT_MODEL = "snapshot_streamed_data"
-CORE_MODEL = "company_house_core"
 # The current-state models of the non-companies streams and the company overview (issue 15): their own
 # @dbt_assets (ch_dbt_stream_models), never part of the companies' execution set.
 STREAM_MODELS = "path:models/streams"
@@ -115,12 +114,18 @@ class InputLandedAfterLastBuild(dg.AutomationCondition):
         instance = context.asset_graph_view.instance
         records = {r.asset_entry.asset_key: r.asset_entry for r in instance.get_asset_records([context.key, *self.input_keys(context)])}
         newest_input = max(
-            (entry.last_materialization_record.timestamp for key, entry in records.items()
+            (entry.last_materialization_record for key, entry in records.items()
              if key != context.key and entry.last_materialization_record),
+            key=lambda record: record.timestamp,
             default=None,
         )  # fmt: skip
-        last_build = _last_build_started(instance, records.get(context.key))
-        landed_after = newest_input is not None and (last_build is None or newest_input > last_build)
+        own = records.get(context.key)
+        last_build = _last_build_started(instance, own)
+        landed_after = (
+            newest_input is not None
+            and (last_build is None or newest_input.timestamp > last_build)
+            and not _built_after_in_the_same_run(newest_input, own)
+        )
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if landed_after else context.get_empty_subset())
 
 
@@ -179,6 +184,13 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 def _a_stream_landing_in_flight(instance: dg.DagsterInstance) -> bool:
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
     return any(run.job_name in OTHER_STREAM_LANDING_JOBS for run in runs)
+
+
+def _built_after_in_the_same_run(input_record, entry) -> bool:
+    """Whether the input's materialization was followed by this asset's in the same run: the companies
+    landing run that builds the core after landing (defs/stream.py), whose own start precedes the landing."""
+    built = entry.last_materialization_record if entry else None
+    return bool(built and built.run_id and built.run_id == input_record.run_id and built.timestamp > input_record.timestamp)
 
 
 def _last_build_started(instance: dg.DagsterInstance, entry) -> float | None:

@@ -46,7 +46,7 @@ from ch_pipeline.defs.watch import (
 from ch_pipeline.settings import DEFAULT_STREAM_RETENTION_HOURS, sensor_interval_seconds, stream_retention_hours
 from ch_pipeline.landing import read_stream_partition
 from ch_pipeline.warehouse.landing import LandingBatch
-from ch_pipeline.warehouse.schema import STREAM_COLUMNS
+from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_COLUMNS
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (docs/architecture.md §11): poll every 30 s and batch per tick.
@@ -117,11 +117,12 @@ def company_house_stream(
     return land_stream(context, STREAMS[COMPANIES], config.offsets, kafka, warehouse)
 
 
-def build_landing_job(asset: dg.AssetsDefinition, name: str):
-    """The job a stream's sensor launches: its landing asset alone."""
+def build_landing_job(asset: dg.AssetsDefinition, name: str, then_build: dg.AssetSelection | None = None):
+    """The job a stream's sensor launches: its landing asset, and ``then_build`` (the models the landing
+    feeds) when the sensor asks for them in the same run."""
     return dg.define_asset_job(
         name,
-        selection=[asset],
+        selection=dg.AssetSelection.assets(asset) | then_build if then_build else [asset],
         # The landing runs are small and frequent: one process per run instead of another per step
         # saves ~2 s and a CPU-second of each (docs/architecture.md §11).
         executor_def=dg.in_process_executor,
@@ -132,11 +133,34 @@ def build_landing_job(asset: dg.AssetsDefinition, name: str):
     )
 
 
-company_house_stream_job = build_landing_job(company_house_stream, "company_house_stream_job")
+# The companies landing builds the core after it, in the same run (docs/architecture.md §7): the
+# models of the core's dbt build, one execution set (defs/dbt.py), found from the core.
+CORE_BUILD = dg.AssetSelection.assets(CORE_MODEL).required_multi_asset_neighbors()
+company_house_stream_job = build_landing_job(company_house_stream, "company_house_stream_job", then_build=CORE_BUILD)
 
 
-def landing_request(offsets: str, asset_name: str = "company_house_stream") -> dg.RunRequest:
-    return dg.RunRequest(run_key=offsets, run_config=landing_run_config(offsets, asset_name), tags={OFFSETS_TAG: offsets})
+def bulk_file_is_loaded(instance: dg.DagsterInstance) -> bool:
+    """Whether a bulk file (any month) is loaded: the core's first build starts from one."""
+    return instance.get_latest_materialization_event(dg.AssetKey(BULK_TABLE)) is not None
+
+
+def landing_request(offsets: str, asset_name: str = "company_house_stream", landing_only: bool = False) -> dg.RunRequest:
+    """A run landing ``offsets``: the whole job (the landing, then what it feeds), or ``landing_only``."""
+    return dg.RunRequest(
+        run_key=offsets,
+        run_config=landing_run_config(offsets, asset_name),
+        tags={OFFSETS_TAG: offsets},
+        asset_selection=[dg.AssetKey(asset_name)] if landing_only else None,
+    )
+
+
+def landing_requests(batches: list, asset_name: str, build: bool) -> list[dg.RunRequest]:
+    """One run per batch; only the last one also builds what the landings feed (when ``build``): a
+    backlog cut into many batches costs one build, and a build sees every landing before it (runs
+    start in the order requested and take turns in the duckdb pool; a landing that lands later, a
+    retry, is picked up by the automation, defs/dbt.py)."""
+    last = len(batches) - 1
+    return [landing_request(format_partition_key(b), asset_name, landing_only=not build or i < last) for i, b in enumerate(batches)]
 
 
 def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
@@ -181,9 +205,12 @@ def build_kafka_sensor(
     job=company_house_stream_job,  # a build_landing_job job
     retention_hours: int = DEFAULT_STREAM_RETENTION_HOURS,
     watch_interval_seconds: float = WATCH_INTERVAL_SECONDS,
+    build_ready=None,  # (instance) -> bool, for a job that also builds what the landing feeds
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
     them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``.
+    When ``build_ready`` says so, a tick's last run also builds the rest of ``job`` (the companies
+    core); otherwise every run is the landing alone.
 
     At most once per ``watch_interval_seconds`` it also reports the stream's watches on its topic
     asset, from the same probe (``defs.watch``): lag and replay window against ``retention_hours``."""
@@ -227,7 +254,7 @@ def build_kafka_sensor(
                 asset_events=watched,
             )
         return dg.SensorResult(
-            run_requests=[landing_request(format_partition_key(batch), stream.landing_table) for batch in batches],
+            run_requests=landing_requests(batches, stream.landing_table, build=build_ready is not None and build_ready(context.instance)),
             cursor=write_cursor({**cursor, **starts, **next_offsets(batches)}),
             asset_events=watched,
         )
@@ -238,6 +265,7 @@ def build_kafka_sensor(
 company_house_kafka_sensor = build_kafka_sensor(
     minimum_interval_seconds=sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS),
     retention_hours=stream_retention_hours(),
+    build_ready=bulk_file_is_loaded,
 )
 # The companies topic's replay window, also reported by company_house_kafka_sensor (defs.watch).
 company_house_topic_replay_window = replay_window_check(STREAMS[COMPANIES], stream_retention_hours(), PROBE_TIMEOUT_SECONDS)

@@ -18,6 +18,8 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 STREAM_TABLE = STREAMS[COMPANIES].landing_table
 REJECTS_TABLE = STREAMS[COMPANIES].rejects_table
 BULK_TABLE = "company_house_bulk"
+# The dbt model the companies stream and the bulk file meet in (ch_dbt/models/core).
+CORE_MODEL = "company_house_core"
 
 
 @dataclass(frozen=True)

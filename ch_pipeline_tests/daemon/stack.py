@@ -577,15 +577,23 @@ class DaemonStack(StartedInWith):
             return False
         run = self.instance.get_run_record_by_id(watermark.run_id)
         inputs = [event.timestamp for key in (STREAM, BULK) if (event := self.last_materialization(key)) is not None]
-        return run is not None and run.start_time is not None and all(run.start_time > t for t in inputs)
+        return run is not None and run.start_time is not None and all(self.build_saw_from(run) >= t for t in inputs)
+
+    def build_saw_from(self, run: dg.RunRecord) -> float:
+        """When a build started reading: its run's start, or the landing of its own run (a companies
+        landing run builds the core after landing, defs/stream.py)."""
+        landed = [record.timestamp for record in self.instance.all_logs(run.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+                  if record.dagster_event.asset_key == STREAM]  # fmt: skip
+        return max([run.start_time, *landed])
 
     def builds(self) -> list[tuple[str, float, float]]:
-        """(run id, run start, watermark materialization time) of every dbt build that completed."""
+        """(run id, when it started reading (``build_saw_from``), watermark materialization time) of every
+        dbt build that completed."""
         builds = []
         for record in self.instance.fetch_materializations(WATERMARK, limit=10_000).records:
             run = self.instance.get_run_record_by_id(record.run_id)
             if run is not None and run.start_time is not None:
-                builds.append((record.run_id, run.start_time, record.timestamp))
+                builds.append((record.run_id, self.build_saw_from(run), record.timestamp))
         return sorted(builds, key=lambda build: build[2])
 
     def last_landing_at(self) -> float | None:
@@ -593,8 +601,8 @@ class DaemonStack(StartedInWith):
         return event.timestamp if event is not None else None
 
     def core_reached(self, landed_at: float) -> float | None:
-        """When the first build that started after ``landed_at`` (a landing) completed."""
-        return next((done for _, start, done in self.builds() if start > landed_at), None)
+        """When the first build that started reading after ``landed_at`` (a landing) completed."""
+        return next((done for _, start, done in self.builds() if start >= landed_at), None)
 
     def last_event_produced_at(self) -> float:
         """When the last message entered Kafka (its timestamp; the warehouse keeps it)."""
@@ -713,10 +721,16 @@ class DaemonStack(StartedInWith):
         return "\n".join(lines)
 
 
+def builds_core(run: dg.DagsterRun) -> bool:
+    """A dbt build of the core: launched by the automation, or a companies landing run's build."""
+    return run_kind(run) in ("dbt", "landing+dbt")
+
+
 def run_kind(run: dg.DagsterRun) -> str:
-    if run.job_name == company_house_stream_job.name:
-        return "landing"
     selection = run.asset_selection or set()
+    if run.job_name == company_house_stream_job.name:
+        # The whole job (no selection) lands, then builds the core (defs/stream.py).
+        return "landing" if selection and CORE not in selection else "landing+dbt"
     if CORE in selection:
         return "dbt"
     if BULK in selection:
