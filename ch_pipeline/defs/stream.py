@@ -117,10 +117,10 @@ def company_house_stream(
     return land_stream(context, STREAMS[COMPANIES], config.offsets, kafka, warehouse)
 
 
-def build_landing_job(asset: dg.AssetsDefinition, name: str):
-    """The job a stream's sensor launches: its landing asset alone."""
+def build_landing_job(asset: dg.AssetsDefinition, stream: StreamSpec):
+    """The job a stream's sensor launches: its landing asset alone, named ``stream.landing_job``."""
     return dg.define_asset_job(
-        name,
+        stream.landing_job,
         selection=[asset],
         # The landing runs are small and frequent: one process per run instead of another per step
         # saves ~2 s and a CPU-second of each (docs/architecture.md §11).
@@ -132,7 +132,7 @@ def build_landing_job(asset: dg.AssetsDefinition, name: str):
     )
 
 
-company_house_stream_job = build_landing_job(company_house_stream, "company_house_stream_job")
+company_house_stream_job = build_landing_job(company_house_stream, STREAMS[COMPANIES])
 
 
 def landing_request(offsets: str, asset_name: str = "company_house_stream") -> dg.RunRequest:
@@ -174,7 +174,6 @@ def write_cursor(offsets: dict[int, int]) -> str:
 def build_kafka_sensor(
     max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
     minimum_interval_seconds: int = DEFAULT_MINIMUM_INTERVAL_SECONDS,
-    name: str | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
     stream: StreamSpec = STREAMS[COMPANIES],
@@ -183,13 +182,13 @@ def build_kafka_sensor(
     watch_interval_seconds: float = WATCH_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
-    them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``.
+    them into ``stream.landing_table``); named ``stream.kafka_sensor``.
 
     At most once per ``watch_interval_seconds`` it also reports the stream's watches on its topic
     asset, from the same probe (``defs.watch``): lag and replay window against ``retention_hours``."""
 
     @dg.sensor(
-        name=name or f"{stream.default_topic}_kafka_sensor",
+        name=stream.kafka_sensor,
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.definitions import defs
 from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, STREAM_MODELS_MAX_WAIT_SECONDS, ch_dbt_models, dbt_automation_sensor
 from ch_pipeline.warehouse.schema import BULK_TABLE
@@ -76,8 +77,8 @@ def test_stream_models_wait_for_the_rounds_other_landings_then_build_in_one_run(
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
-    filings = landing_in_flight(instance, "company_house_filings_stream_job")
-    landing_in_flight(instance, "company_house_stream_job")
+    filings = landing_in_flight(instance, STREAMS["filings"].landing_job)
+    landing_in_flight(instance, STREAMS[COMPANIES].landing_job)
     materialized(instance, "company_house_officers_stream")
     assert ticks.requested() == set()
     materialized(instance, "company_house_filings_stream")
@@ -89,7 +90,7 @@ def test_a_stream_model_waits_at_most_its_bound_for_landings_that_never_settle(t
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
-    landing_in_flight(instance, "company_house_filings_stream_job")
+    landing_in_flight(instance, STREAMS["filings"].landing_job)
     materialized(instance, "company_house_officers_stream")
     now = datetime.now(timezone.utc)
     assert ticks.requested(now) == set()
