@@ -31,15 +31,6 @@ from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec, 
 COMPANIES_STREAM = STREAMS[COMPANIES]
 
 
-def kafka_sensor_name(spec: StreamSpec) -> str:
-    """The stream's Kafka sensor (``defs.stream.build_kafka_sensor``'s default name)."""
-    return f"{spec.default_topic}_kafka_sensor"
-
-
-def landing_job_name(spec: StreamSpec) -> str:
-    return f"{spec.landing_table}_job"
-
-
 class RestoreRefused(RuntimeError):
     """The landed rows do not describe the old log completely; the message says what to do."""
 
@@ -196,8 +187,8 @@ def reset_instance(dagster_home: Path, ends_by_stream: Mapping[str, Mapping[int,
     from ch_pipeline.defs.stream import OFFSETS_TAG, read_cursor, write_cursor
     from ch_pipeline.kafka.offsets import parse_partition_key
 
-    by_sensor = {kafka_sensor_name(STREAMS[name]): dict(ends) for name, ends in ends_by_stream.items()}
-    by_job = {landing_job_name(STREAMS[name]): dict(ends) for name, ends in ends_by_stream.items()}
+    by_sensor = {STREAMS[name].kafka_sensor: dict(ends) for name, ends in ends_by_stream.items()}
+    by_job = {STREAMS[name].landing_job: dict(ends) for name, ends in ends_by_stream.items()}
     changes = []
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):

@@ -77,6 +77,19 @@ def test_sensors_and_resources():
     assert set(defs.resources) == {"kafka", "warehouse", "dbt"}
 
 
+def test_each_streams_sensor_and_landing_job_carry_the_catalogues_names():
+    """The names the Dagster instance stores sensor cursors and landing runs under are the catalogue's
+    (``StreamSpec.kafka_sensor``, ``StreamSpec.landing_job``), which ``local_restore`` reads; the
+    snapshot below spells them out, so neither side can be renamed alone."""
+    kafka_sensors = {sensor.name: sensor for sensor in defs.sensors if sensor.name.endswith("_kafka_sensor")}
+    assert set(kafka_sensors) == {spec.kafka_sensor for spec in STREAMS.values()}
+    for spec in STREAMS.values():
+        assert kafka_sensors[spec.kafka_sensor].job_name == spec.landing_job
+        assert defs.resolve_job_def(spec.landing_job).asset_layer.selected_asset_keys == {dg.AssetKey(spec.landing_table)}
+    companies = STREAMS["companies"]
+    assert (companies.kafka_sensor, companies.landing_job) == ("company_house_kafka_sensor", "company_house_stream_job")
+
+
 # Every key the code location serves. `definitions.py` finds them in the defs/ folder
 # (`dg.load_from_defs_folder`): a module added, removed or defining a twin shows up here.
 EXPECTED_DEFINITIONS = {

@@ -103,7 +103,10 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
     from dagster._core.storage.tags import RUN_KEY_TAG
 
+    from ch_pipeline.companies_house.streams import STREAMS
     from ch_pipeline.defs.stream import OFFSETS_TAG
+
+    companies, officers = STREAMS["companies"], STREAMS["officers"]
 
     def job(name: str):
         return dg.define_asset_job(name).resolve(asset_graph=dg.Definitions(assets=[dg.AssetSpec(name + "_asset")]).resolve_asset_graph())
@@ -111,14 +114,14 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
     home = prepare_dagster_home(tmp_path)
     location = GrpcServerCodeLocationOrigin(host="localhost", port=1, location_name="ch_pipeline")
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for sensor, cursor in (("company_house_kafka_sensor", '{"0": 90, "1": 80}'), ("company_house_officers_kafka_sensor", '{"0": 7, "1": 9}')):
+        for sensor, cursor in ((companies.kafka_sensor, '{"0": 90, "1": 80}'), (officers.kafka_sensor, '{"0": 7, "1": 9}')):
             origin = RemoteInstigatorOrigin(RemoteRepositoryOrigin(location, "__repository__"), sensor)
             instance.add_instigator_state(InstigatorState(origin, InstigatorType.SENSOR, InstigatorStatus.RUNNING,
                                                           SensorInstigatorData(cursor=cursor)))  # fmt: skip
         instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": "p0:0-49"}))
-        landing = instance.create_run_for_job(job("company_house_stream_job"), tags={OFFSETS_TAG: "p0:50-89,p1:0-79"},
+        landing = instance.create_run_for_job(job(companies.landing_job), tags={OFFSETS_TAG: "p0:50-89,p1:0-79"},
                                               status=DagsterRunStatus.STARTED)  # fmt: skip
-        officers = instance.create_run_for_job(job("company_house_officers_stream_job"), tags={OFFSETS_TAG: "p0:0-6", RUN_KEY_TAG: "p0:0-6"},
+        officers_landing = instance.create_run_for_job(job(officers.landing_job), tags={OFFSETS_TAG: "p0:0-6", RUN_KEY_TAG: "p0:0-6"},
                                                status=DagsterRunStatus.NOT_STARTED)  # fmt: skip
         dbt = instance.create_run_for_job(job("k"), status=DagsterRunStatus.STARTED)
 
@@ -126,13 +129,13 @@ def test_reset_instance_points_each_sensor_at_its_restored_log_and_fails_runs_le
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         cursors = {s.instigator_name: s.instigator_data.cursor for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)}
-        assert cursors == {"company_house_kafka_sensor": '{"0": 50, "1": 0}', "company_house_officers_kafka_sensor": '{"0": 0, "1": 0}'}
+        assert cursors == {companies.kafka_sensor: '{"0": 50, "1": 0}', officers.kafka_sensor: '{"0": 0, "1": 0}'}
         assert instance.get_run_by_id(landing.run_id).status == DagsterRunStatus.CANCELED
-        assert instance.get_run_by_id(officers.run_id).status == DagsterRunStatus.CANCELED
+        assert instance.get_run_by_id(officers_landing.run_id).status == DagsterRunStatus.CANCELED
         # Its key is free: the new log's first landing is p0:0-6 again, and the daemon must launch it.
         assert instance.get_runs(filters=RunsFilter(tags={RUN_KEY_TAG: "p0:0-6"})) == []
         assert instance.get_run_by_id(dbt.run_id).status == DagsterRunStatus.FAILURE  # run retries re-run it
-    assert any("company_house_officers_kafka_sensor cursor" in change for change in changes)
+    assert any(f"{officers.kafka_sensor} cursor" in change for change in changes)
 
 
 def test_another_streams_topic_is_rebuilt_from_its_own_tables_with_the_producers_keys(broker: LocalBroker, tmp_path: Path):

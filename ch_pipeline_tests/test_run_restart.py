@@ -33,7 +33,6 @@ from ch_pipeline.kafka.checkpoint import read_checkpoint
 from ch_pipeline.kafka.offsets import probe_offsets
 from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES, STREAMS
 from ch_pipeline.demo_verdict import compare_core, compare_stream_model
-from ch_pipeline.local_restore import kafka_sensor_name
 from ch_pipeline.local_stack import LOCAL_SEED
 
 EVENTS, STREAM_EVENTS, RATE = 1500, 300, 60.0
@@ -113,7 +112,7 @@ def instance_state(home: Path) -> dict:
         states = {s.origin.instigator_name: s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)}
         cursors = {}
         for name in STREAM_NAMES:
-            state = states.get(kafka_sensor_name(STREAMS[name]))
+            state = states.get(STREAMS[name].kafka_sensor)
             cursor = state.instigator_data.cursor if state and state.instigator_data else None
             cursors[name] = {int(k): v for k, v in json.loads(cursor).items()} if cursor else {}
         built = {name: built_after_last_landing(instance, STREAMS[name].landing_table,

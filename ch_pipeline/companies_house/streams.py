@@ -71,6 +71,17 @@ class StreamSpec:
     def rejects_table(self) -> str:
         return f"{self.default_topic}_stream_rejects"
 
+    # The Dagster names of the stream's landing job and of the sensor that launches it. The Dagster
+    # instance keys the sensor's stored cursor by its name and finds a stream's landing runs by their
+    # job name (``local_restore``), so these never change either.
+    @property
+    def landing_job(self) -> str:
+        return f"{self.landing_table}_job"
+
+    @property
+    def kafka_sensor(self) -> str:
+        return f"{self.default_topic}_kafka_sensor"
+
     @property
     def current_model(self) -> str | None:
         """The dbt current-state model of the stream (``ch_dbt/models/streams``); companies has the core."""

@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -162,7 +163,7 @@ class StreamLandingsSettled(dg.AutomationCondition):
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
         instance = context.asset_graph_view.instance
-        ready = not _a_stream_landing_in_flight(instance) or self._waited_long_enough(context, instance)
+        ready = not _a_stream_landing_in_flight(context) or self._waited_long_enough(context, instance)
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if ready else context.get_empty_subset())
 
     def _waited_long_enough(self, context: dg.AutomationContext, instance: dg.DagsterInstance) -> bool:
@@ -181,9 +182,19 @@ OTHER_STREAM_LANDING_JOBS = frozenset(landing.job.name for landing in STREAM_LAN
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-def _a_stream_landing_in_flight(instance: dg.DagsterInstance) -> bool:
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
-    return any(run.job_name in OTHER_STREAM_LANDING_JOBS for run in runs)
+# Whether a landing of the other streams is in flight, per evaluation: the same for every stream model
+# it decides, so the runs are queried once per tick, not once per model. Keyed by the evaluation's
+# AssetGraphView, which Dagster creates anew for every evaluation (it holds the evaluation time and
+# the instance), so no evaluation sees an earlier one's answer; weak, so it goes with its evaluation.
+_LANDING_IN_FLIGHT_BY_EVALUATION: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def _a_stream_landing_in_flight(context: dg.AutomationContext) -> bool:
+    evaluation = context.asset_graph_view
+    if evaluation not in _LANDING_IN_FLIGHT_BY_EVALUATION:
+        runs = evaluation.instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
+        _LANDING_IN_FLIGHT_BY_EVALUATION[evaluation] = any(run.job_name in OTHER_STREAM_LANDING_JOBS for run in runs)
+    return _LANDING_IN_FLIGHT_BY_EVALUATION[evaluation]
 
 
 def _built_after_in_the_same_run(input_record, entry) -> bool:

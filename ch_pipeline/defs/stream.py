@@ -117,11 +117,11 @@ def company_house_stream(
     return land_stream(context, STREAMS[COMPANIES], config.offsets, kafka, warehouse)
 
 
-def build_landing_job(asset: dg.AssetsDefinition, name: str, then_build: dg.AssetSelection | None = None):
-    """The job a stream's sensor launches: its landing asset, and ``then_build`` (the models the landing
-    feeds) when the sensor asks for them in the same run."""
+def build_landing_job(asset: dg.AssetsDefinition, stream: StreamSpec, then_build: dg.AssetSelection | None = None):
+    """The job a stream's sensor launches, named ``stream.landing_job``: its landing asset, and
+    ``then_build`` (the models the landing feeds) when the sensor asks for them in the same run."""
     return dg.define_asset_job(
-        name,
+        stream.landing_job,
         selection=dg.AssetSelection.assets(asset) | then_build if then_build else [asset],
         # The landing runs are small and frequent: one process per run instead of another per step
         # saves ~2 s and a CPU-second of each (docs/architecture.md §11).
@@ -136,7 +136,7 @@ def build_landing_job(asset: dg.AssetsDefinition, name: str, then_build: dg.Asse
 # The companies landing builds the core after it, in the same run (docs/architecture.md §7): the
 # models of the core's dbt build, one execution set (defs/dbt.py), found from the core.
 CORE_BUILD = dg.AssetSelection.assets(CORE_MODEL).required_multi_asset_neighbors()
-company_house_stream_job = build_landing_job(company_house_stream, "company_house_stream_job", then_build=CORE_BUILD)
+company_house_stream_job = build_landing_job(company_house_stream, STREAMS[COMPANIES], then_build=CORE_BUILD)
 
 
 def bulk_file_is_loaded(instance: dg.DagsterInstance) -> bool:
@@ -198,7 +198,6 @@ def write_cursor(offsets: dict[int, int]) -> str:
 def build_kafka_sensor(
     max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
     minimum_interval_seconds: int = DEFAULT_MINIMUM_INTERVAL_SECONDS,
-    name: str | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     probe_timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
     stream: StreamSpec = STREAMS[COMPANIES],
@@ -208,7 +207,7 @@ def build_kafka_sensor(
     build_ready=None,  # (instance) -> bool, for a job that also builds what the landing feeds
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
-    them into ``stream.landing_table``); named ``<catalogue topic>_kafka_sensor`` unless ``name``.
+    them into ``stream.landing_table``); named ``stream.kafka_sensor``.
     When ``build_ready`` says so, a tick's last run also builds the rest of ``job`` (the companies
     core); otherwise every run is the landing alone.
 
@@ -216,7 +215,7 @@ def build_kafka_sensor(
     asset, from the same probe (``defs.watch``): lag and replay window against ``retention_hours``."""
 
     @dg.sensor(
-        name=name or f"{stream.default_topic}_kafka_sensor",
+        name=stream.kafka_sensor,
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,

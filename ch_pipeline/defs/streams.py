@@ -11,8 +11,8 @@ catalogue topic (``company_house_officers``, ...), so the lineage page shows eac
 - ``<topic>_stream:timepoints_contiguous``: the completeness check, run in every landing run;
 - ``<topic>_topic:replay_window``: the producer checkpoint's age against the API's retention,
   reported by the sensor with the topic's lag observations (``defs.watch``);
-- ``<topic>_stream_job`` and ``<topic>_kafka_sensor``: the job and the sensor that launches it for
-  new offsets (``defs.stream.build_kafka_sensor``).
+- ``<topic>_stream_job`` and ``<topic>_kafka_sensor`` (``spec.landing_job``, ``spec.kafka_sensor``):
+  the job and the sensor that launches it for new offsets (``defs.stream.build_kafka_sensor``).
 
 Companies keeps its own module (``defs.stream``, ``defs.sources``) and its names.
 """
@@ -152,7 +152,7 @@ def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     check = completeness_check(spec, asset)
     retention_hours = stream_retention_hours()
     replay_window = replay_window_check(spec, retention_hours, PROBE_TIMEOUT_SECONDS)
-    job = build_landing_job(asset, f"{spec.landing_table}_job")
+    job = build_landing_job(asset, spec)
     sensor = build_kafka_sensor(
         minimum_interval_seconds=streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job,
         retention_hours=retention_hours,

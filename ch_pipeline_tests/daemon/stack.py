@@ -39,6 +39,7 @@ from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, PARENT_RUN_ID_TAG,
 
 from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE, published_name, write_sample
 from ch_pipeline.companies_house.replay_server import ReplayServer
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.defs.stream import OFFSETS_TAG, company_house_stream_job
 from ch_pipeline.kafka.broker import LocalBroker, free_port
 from ch_pipeline.kafka.checkpoint import read_checkpoint
@@ -54,7 +55,7 @@ BIN = Path(sys.executable).parent
 CODE_LOCATION_MODULE = "ch_pipeline_tests.daemon.code_location"
 LOCATION_NAME = "ch_pipeline"
 TOPIC_PARTITIONS = 2
-KAFKA_SENSOR = "company_house_kafka_sensor"
+KAFKA_SENSOR = STREAMS[COMPANIES].kafka_sensor
 STREAM = dg.AssetKey("company_house_stream")
 BULK = dg.AssetKey("company_house_bulk")
 CORE = dg.AssetKey("company_house_core")

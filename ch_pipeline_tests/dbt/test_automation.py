@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from ch_pipeline.companies_house.bulk_csv import SAMPLE_FILE_DATE
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.definitions import defs
 from ch_pipeline.defs.dbt import CORE_FRESHNESS, SNAPSHOT_FRESHNESS, STREAM_MODELS_MAX_WAIT_SECONDS, ch_dbt_models, dbt_automation_sensor
 from ch_pipeline.warehouse.schema import BULK_TABLE
@@ -76,8 +77,8 @@ def test_stream_models_wait_for_the_rounds_other_landings_then_build_in_one_run(
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
-    filings = landing_in_flight(instance, "company_house_filings_stream_job")
-    landing_in_flight(instance, "company_house_stream_job")
+    filings = landing_in_flight(instance, STREAMS["filings"].landing_job)
+    landing_in_flight(instance, STREAMS[COMPANIES].landing_job)
     materialized(instance, "company_house_officers_stream")
     assert ticks.requested() == set()
     materialized(instance, "company_house_filings_stream")
@@ -89,12 +90,35 @@ def test_a_stream_model_waits_at_most_its_bound_for_landings_that_never_settle(t
     instance = ticks.instance
     materialized(instance, "company_house_bulk", *DBT_MODELS)
     ticks.requested()
-    landing_in_flight(instance, "company_house_filings_stream_job")
+    landing_in_flight(instance, STREAMS["filings"].landing_job)
     materialized(instance, "company_house_officers_stream")
     now = datetime.now(timezone.utc)
     assert ticks.requested(now) == set()
     later = now + timedelta(seconds=STREAM_MODELS_MAX_WAIT_SECONDS + 1)
     assert ticks.requested(later) == {"officers_current"}
+
+
+def test_one_evaluation_asks_once_whether_a_landing_is_in_flight(ticks: Ticks, monkeypatch: pytest.MonkeyPatch):
+    """Every stream model's condition asks whether another stream's landing is in flight: one query
+    of the runs per evaluation, not one per model; the next evaluation asks again (never an earlier answer)."""
+    instance = ticks.instance
+    materialized(instance, "company_house_bulk", *DBT_MODELS)
+    ticks.requested()
+    filings = landing_in_flight(instance, STREAMS["filings"].landing_job)
+    materialized(instance, *(spec.landing_table for spec in STREAMS.values() if spec.name != COMPANIES))
+    queries = []
+    get_runs = instance.get_runs
+
+    def counted(*args, **kwargs):
+        queries.append((args, kwargs))
+        return get_runs(*args, **kwargs)
+
+    monkeypatch.setattr(instance, "get_runs", counted)
+    assert ticks.requested() == set()  # every stream model waits for the filings landing
+    assert len(queries) == 1
+    instance.report_dagster_event(dg.DagsterEvent(dg.DagsterEventType.RUN_SUCCESS.value, filings.job_name), filings.run_id)
+    assert ticks.requested() == STREAM_DBT_MODELS  # the landing ended: all of them, in one run
+    assert len(queries) == 2
 
 
 def test_sensor_is_running_by_default_and_policies_are_the_tutorials_deadlines():

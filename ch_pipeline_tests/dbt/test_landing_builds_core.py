@@ -45,7 +45,7 @@ def produce_events(kafka: KafkaResource, first: int, count: int) -> dict[str, st
 
 
 def sensor(max_batch_messages: int = 100_000) -> dg.SensorDefinition:
-    return build_kafka_sensor(max_batch_messages=max_batch_messages, name="test_kafka_sensor", build_ready=bulk_file_is_loaded)
+    return build_kafka_sensor(max_batch_messages=max_batch_messages, build_ready=bulk_file_is_loaded)
 
 
 def tick(instance: dg.DagsterInstance, kafka: KafkaResource, cursor: str | None = None) -> dg.SensorResult:

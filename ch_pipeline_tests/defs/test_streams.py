@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from datetime import datetime, timezone
 
 import dagster as dg
 import duckdb
@@ -18,6 +17,7 @@ from ch_pipeline.companies_house.streams import STREAM_NAMES, field_at, item_key
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import OFFSETS_TAG, build_kafka_sensor, landing_run_config
 from ch_pipeline.defs.dbt import ch_dbt_stream_models, dbt_resource
+from ch_pipeline.demo_verdict import as_utc
 from ch_pipeline.defs.streams import STREAM_LANDINGS
 from ch_pipeline_tests.dbt.conftest import configure_environment
 from ch_pipeline_tests.dbt.stream_landing import MODEL_STREAMS
@@ -69,12 +69,6 @@ def table(warehouse: WarehouseResource, name: str) -> list[dict]:
         cursor = con.execute(f"SELECT * FROM {name} ORDER BY kafka_partition, kafka_offset")
         columns = [d[0] for d in cursor.description]
         return [dict(zip(columns, row)) for row in cursor.fetchall()]
-
-
-def utc(text: str) -> datetime:
-    """An ISO ``published_at`` as an instant (UTC when it has no offset)."""
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def as_text(value) -> str | None:
@@ -129,7 +123,7 @@ def test_each_stream_lands_every_served_event_once_and_its_bad_messages_as_rejec
         assert {column: current[key][column] for column, _ in spec.row_fields} == {
             column: as_text(expected[column]) for column, _ in spec.row_fields
         }
-        assert current[key]["published_at"] == utc(expected["published_at"])
+        assert current[key]["published_at"] == as_utc(expected["published_at"])
 
     # And the stream's dbt model, built by Dagster over these landed rows, holds exactly those items.
     model = {stream_name: model for model, stream_name in MODEL_STREAMS.items()}[name] + "_current"

@@ -40,12 +40,12 @@ from ch_pipeline_tests.production.conftest import FLOWING, FLOWING_EVENTS, STREA
 pytestmark = pytest.mark.timeout(300)
 
 LOCATION = "ch_pipeline"
-LANDING_JOB = "company_house_stream_job"
-KAFKA_SENSOR, AUTOMATION_SENSOR = "company_house_kafka_sensor", "ch_dbt_automation"
+LANDING_JOB = STREAMS[COMPANIES].landing_job
+KAFKA_SENSOR, AUTOMATION_SENSOR = STREAMS[COMPANIES].kafka_sensor, "ch_dbt_automation"
 RETENTION_SENSOR = "dagster_history_retention"
 # One Kafka sensor per other Companies House stream too (ch_pipeline/defs/streams.py); they skip while
 # their topic does not exist.
-STREAM_SENSORS = tuple(f"{spec.default_topic}_kafka_sensor" for spec in STREAMS.values() if spec.name != COMPANIES)
+STREAM_SENSORS = tuple(spec.kafka_sensor for spec in STREAMS.values() if spec.name != COMPANIES)
 SENSORS = (KAFKA_SENSOR, AUTOMATION_SENSOR, RETENTION_SENSOR, *STREAM_SENSORS)
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
              DagsterRunStatus.CANCELING]  # fmt: skip
@@ -297,7 +297,7 @@ def test_another_stream_flows_through_its_own_producer_topic_sensor_and_landing_
     """Officers: replay server -> producer-officers -> its topic -> its sensor -> its landing runs (the
     daemon, through the code server) -> its landing table -> its current-state model (dbt automation)."""
     spec, target = STREAMS[FLOWING], production_stack.stream_target(f"producer-{FLOWING}")
-    job, sensor = f"{spec.landing_table}_job", f"{spec.default_topic}_kafka_sensor"
+    job, sensor = spec.landing_job, spec.kafka_sensor
     served = production_stack.replay.log(FLOWING)  # FLOWING_EVENTS events, and the duplicates the API sends
 
     def landed() -> str | None:
@@ -338,7 +338,7 @@ def test_another_stream_flows_through_its_own_producer_topic_sensor_and_landing_
     assert result["mismatched"] == [], f"{len(result['mismatched'])} of {result['expected']} {FLOWING} items differ"
     print(f"{FLOWING}: {len(runs)} landing runs, {result['rows']} current rows")
     quiet = [name for name, count in STREAM_EVENTS.items() if count == 0]
-    assert all(not instance.get_runs(filters=RunsFilter(job_name=f"{STREAMS[name].landing_table}_job")) for name in quiet)
+    assert all(not instance.get_runs(filters=RunsFilter(job_name=STREAMS[name].landing_job)) for name in quiet)
 
 
 # --- the webserver and the compute logs ------------------------------------------------------------
