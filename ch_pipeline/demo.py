@@ -134,6 +134,16 @@ def watch_until_caught_up(stack: LocalStack, instance, progress: dict[str, DemoP
             stop.wait(1.0)
 
 
+def wait_for_runs_to_end(instance, deadline: float, stop) -> None:
+    """Let the runs in flight end before the daemon stops: a build's models are materialized before its
+    tests have run and dbt has exited, and a run stopped there is recorded as failed."""
+    import dagster as dg
+
+    in_flight = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    while instance.get_runs_count(filters=in_flight) and time.monotonic() < deadline and not stop.is_set():
+        stop.wait(0.5)
+
+
 @click.command("demo")
 @click.option("--events", default=20_000, show_default=True, help="Distinct company events the replay server serves.")
 @click.option("--stream-events", default=1_000, show_default=True, help="Distinct events of each other stream.")
@@ -193,6 +203,7 @@ def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_r
             progress = {name: DemoProgress.of(name) for name in streams}
             counts = {name: len(events_) for name, events_ in served.items()}
             watch_until_caught_up(stack, instance, progress, counts, stop, started + timeout, root, console)
+            wait_for_runs_to_end(instance, started + timeout, stop)
             stack.children.stop("dagster-daemon")
         elapsed = time.monotonic() - started
         result = compare_core(settings.duckdb_path, served[COMPANIES])

@@ -117,9 +117,10 @@ def company_house_stream(
     return land_stream(context, STREAMS[COMPANIES], config.offsets, kafka, warehouse)
 
 
-def build_landing_job(asset: dg.AssetsDefinition, stream: StreamSpec, then_build: dg.AssetSelection | None = None):
+def build_landing_job(asset: dg.AssetsDefinition, stream: StreamSpec, then_build: dg.AssetSelection | None = None, priority: int = 0):
     """The job a stream's sensor launches, named ``stream.landing_job``: its landing asset, and
-    ``then_build`` (the models the landing feeds) when the sensor asks for them in the same run."""
+    ``then_build`` (the models the landing feeds) when the sensor asks for them in the same run. Runs of
+    a higher ``priority`` leave the queue and take the duckdb pool first."""
     return dg.define_asset_job(
         stream.landing_job,
         selection=dg.AssetSelection.assets(asset) | then_build if then_build else [asset],
@@ -129,14 +130,16 @@ def build_landing_job(asset: dg.AssetsDefinition, stream: StreamSpec, then_build
         # A landing takes seconds (plus at most one other run's turn in the duckdb pool): a run still
         # STARTED after this is one whose worker died unseen (with its code server), and run monitoring
         # fails it so that run retries land its offsets again.
-        tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS)},
+        tags={"dagster/max_runtime": str(LANDING_MAX_RUNTIME_SECONDS), "dagster/priority": str(priority)},
     )
 
 
 # The companies landing builds the core after it, in the same run (docs/architecture.md §7): the
 # models of the core's dbt build, one execution set (defs/dbt.py), found from the core.
 CORE_BUILD = dg.AssetSelection.assets(CORE_MODEL).required_multi_asset_neighbors()
-company_house_stream_job = build_landing_job(company_house_stream, STREAMS[COMPANIES], then_build=CORE_BUILD)
+# Its runs go first: the core is the table with a freshness promise, the other streams' models have none
+# yet, and their landings of a round would otherwise hold a companies run up to eight turns in the pool.
+company_house_stream_job = build_landing_job(company_house_stream, STREAMS[COMPANIES], then_build=CORE_BUILD, priority=1)
 
 
 def bulk_file_is_loaded(instance: dg.DagsterInstance) -> bool:

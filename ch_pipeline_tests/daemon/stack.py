@@ -562,9 +562,13 @@ class DaemonStack(StartedInWith):
     # --- assets ------------------------------------------------------------------------------
 
     def missing_landings(self) -> list[str]:
-        """Offsets keys the sensor requested a landing for that no run landed (retries keep the key's tag)."""
+        """Offsets keys the sensor requested a landing for that no run landed (retries keep the key's tag).
+        Landed: its run succeeded, or its landing materialized (a companies landing run whose build after
+        the landing failed for good)."""
         runs = self.runs()
         landed = {run.tags.get(OFFSETS_TAG) for run in runs if run.status == DagsterRunStatus.SUCCESS}
+        landed |= {record.asset_materialization.metadata["landing"].value
+                   for record in self.instance.fetch_materializations(STREAM, limit=10_000).records}  # fmt: skip
         return sorted({key for run in runs if (key := run.tags.get(OFFSETS_TAG)) and key not in landed})
 
     def last_materialization(self, key: dg.AssetKey):

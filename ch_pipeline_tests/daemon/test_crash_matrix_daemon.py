@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dagster as dg
 import psutil
 import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -66,6 +67,25 @@ def _retry_chain(stack: DaemonStack, run_id: str) -> list:
         chain.append(run)
         run = stack.instance.get_run_by_id(run.tags[AUTO_RETRY_RUN_ID_TAG]) if AUTO_RETRY_RUN_ID_TAG in run.tags else None
     return chain
+
+
+def _retry_decided(stack: DaemonStack, run: dg.DagsterRun, timeout: float = 30) -> dg.DagsterRun:
+    """The failed run once run retries have said whether they re-launch it (``dagster/will_retry``)."""
+    deadline = time.monotonic() + timeout
+    while run.tags.get("dagster/will_retry") is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = stack.instance.get_run_by_id(run.run_id)
+    return run
+
+
+def _builds_left(stack: DaemonStack) -> bool:
+    """A core build queued or in flight, or a failed one that run retries will re-launch."""
+    return any(builds_core(run) for run in [*stack.in_flight(), *stack.pending_retries()])
+
+
+def _retry_chain_root(stack: DaemonStack, run: dg.DagsterRun) -> dg.DagsterRun:
+    """The first run of ``run``'s retry chain."""
+    return stack.instance.get_run_by_id(run.tags.get("dagster/root_run_id", run.run_id))
 
 
 def _wait_failed(stack: DaemonStack, run_id: str) -> None:
@@ -232,27 +252,28 @@ def test_dbt_build_killed_at_every_attempt_at_the_tail(stack: DaemonStack, recor
     """
     _start_from_converged(stack)
     attempts = stack.instance.run_retries_max_retries + 1
-    chain: list = []
+    killed: list = []
     # Each attempt is held before dbt starts (its pool slot taken) and killed there: none of them
-    # writes anything, whatever the machine's load, so only a new build can take the burst.
+    # writes anything, whatever the machine's load, so only a new build can take the burst. The burst
+    # may land in more than one landing run, each building after it lands: every build attempt is
+    # killed, until run retries gave up on them all.
     faults.clear_fired(stack.fault_dir, faults.DBT_HOLD_BUILD)  # fired by an earlier test of the module
     faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))
     stack.release(60)
-    for attempt in range(attempts):
+    while True:
         held = faults.wait_fired(stack.fault_dir, faults.DBT_HOLD_BUILD, timeout=RUN_WORKERS_BOUND + 60)
         faults.clear_fired(stack.fault_dir, faults.DBT_HOLD_BUILD)
-        if attempt + 1 < attempts:
-            faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))  # for its retry
-        assert stack.kill_run_worker(held["run_id"], f"dbt build attempt {attempt + 1}/{attempts} SIGKILLed"), held
+        faults.arm(stack.fault_dir, faults.DBT_HOLD_BUILD, str(RUN_WORKERS_BOUND))  # for a retry, or another build
+        assert stack.kill_run_worker(held["run_id"], f"dbt build attempt {len(killed) + 1} SIGKILLed"), held
         run = stack.wait_run_status(held["run_id"], FINISHED, timeout=60)
         assert run.status == DagsterRunStatus.FAILURE
-        chain.append(run)
-    last = stack.wait_run_status(chain[-1].run_id, FINISHED, timeout=10)
-    deadline = time.monotonic() + 30
-    while last.tags.get("dagster/will_retry") is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        last = stack.instance.get_run_by_id(last.run_id)
-    assert last.tags.get("dagster/will_retry") == "false", "run retries gave up on the build"
+        killed.append(_retry_decided(stack, run))
+        if not _builds_left(stack):
+            break
+    faults.disarm(stack.fault_dir, faults.DBT_HOLD_BUILD)  # the build the automation requests must run
+    last = killed[-1]
+    assert len(killed) >= attempts and last.tags.get("dagster/will_retry") == "false", "run retries gave up on the builds"
+    assert len(_retry_chain(stack, _retry_chain_root(stack, last).run_id)) == attempts, "every attempt of a build was killed"
 
     convergence = stack.converge(timeout=RUN_WORKERS_BOUND + 60)
     verdict = convergence.verdict
@@ -262,7 +283,7 @@ def test_dbt_build_killed_at_every_attempt_at_the_tail(stack: DaemonStack, recor
     assert rescue, "a build after the abandoned one took the last burst"
     record_outcome(ScenarioOutcome(
         "dbt retries exhausted",
-        f"the tail build and its {attempts - 1} retries SIGKILLed ({', '.join(r.run_id[:8] for r in chain)})",
+        f"the tail builds and their retries SIGKILLed, {len(killed)} attempts ({', '.join(r.run_id[:8] for r in killed)})",
         f"run retries gave up; the automation requested build {rescue[0][0][:8] if rescue else '?'}",
         convergence.seconds_after_last_fault, RUN_WORKERS_BOUND, "exact" if verdict.ok else verdict.summary(),
     ))  # fmt: skip

@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.definitions import defs
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
@@ -76,6 +77,13 @@ def test_the_job_lands_then_builds_the_cores_execution_set():
     job = defs.resolve_job_def("company_house_stream_job")
     keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
     assert keys == {STREAM_TABLE} | DBT_MODELS
+
+
+def test_companies_runs_go_first_in_the_queue_and_the_pool():
+    """The run priority (Dagster's ``dagster/priority`` tag: the queue's order and the pool's claims)."""
+    priorities = {spec.name: defs.resolve_job_def(spec.landing_job).tags.get("dagster/priority") for spec in STREAMS.values()}
+    assert priorities.pop(COMPANIES) == "1"
+    assert set(priorities.values()) == {"0"}
 
 
 def test_before_a_bulk_file_every_run_only_lands(instance_with_db, kafka):
