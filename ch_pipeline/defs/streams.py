@@ -31,6 +31,7 @@ from ch_pipeline.defs.stream import (
     build_kafka_sensor,
     build_landing_job,
     land_stream,
+    ticks_every,
 )
 from ch_pipeline.defs.watch import replay_window_check
 from ch_pipeline.settings import stream_retention_hours, streams_sensor_interval_seconds
@@ -154,7 +155,7 @@ def stream_landing_defs(spec: StreamSpec) -> StreamLandingDefs:
     replay_window = replay_window_check(spec, retention_hours, PROBE_TIMEOUT_SECONDS)
     job = build_landing_job(asset, spec)
     sensor = build_kafka_sensor(
-        minimum_interval_seconds=streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS), stream=spec, job=job,
+        minimum_interval_seconds=ticks_every(streams_sensor_interval_seconds(STREAMS_MINIMUM_INTERVAL_SECONDS)), stream=spec, job=job,
         retention_hours=retention_hours,
     )  # fmt: skip
     return StreamLandingDefs(api, topic, asset, check, replay_window, job, sensor)

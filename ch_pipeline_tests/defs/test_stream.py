@@ -175,3 +175,24 @@ def test_a_cursor_past_the_end_cuts_nothing_and_says_why(instance, kafka):
 def test_a_corrupt_cursor_is_a_clear_error(instance, kafka):
     with pytest.raises(Exception, match="is not JSON"):
         tick(build_kafka_sensor(), instance, kafka, cursor="p0:17")
+
+
+def test_a_sensor_ticks_at_its_interval_on_the_daemons_5_second_looks():
+    """The daemon looks for due sensors every 5 s; a tick records when it started, a little after the
+    look (measured: an interval of exactly 10 ticked every 15 s). The definitions' intervals tick on time."""
+    from ch_pipeline.defs.stream import ticks_every
+
+    def period(minimum_interval: int, looks: int = 40, late: float = 0.01) -> float:
+        ticks = [late]
+        for look in range(1, looks):
+            if look * 5 - ticks[-1] >= minimum_interval:  # checked at the look, started a little after
+                ticks.append(look * 5 + late)
+        return (ticks[-1] - ticks[0]) / (len(ticks) - 1)
+
+    assert period(10) == 15  # the bare interval
+    for seconds in (5, 10, 15, 30, 60, 120):
+        assert period(ticks_every(seconds)) == seconds
+    from ch_pipeline.definitions import defs
+
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    assert sensors["company_house_kafka_sensor"].minimum_interval_seconds == ticks_every(30)
