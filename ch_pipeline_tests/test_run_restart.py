@@ -97,13 +97,15 @@ class Stack:
 
 
 def built_after_last_landing(instance, landing: str, model: str) -> bool:
-    """The model's latest build succeeded and started after the landing's latest materialization."""
+    """The model's latest build succeeded and started after the landing's latest materialization, or
+    followed it in the same run (a companies landing run builds the core after landing)."""
     records = {r.asset_entry.asset_key.to_user_string(): r.asset_entry for r in instance.get_asset_records(
         [dg.AssetKey(landing), dg.AssetKey(model)])}  # fmt: skip
     landed, built = records.get(landing), records.get(model)
     run = instance.get_run_record_by_id(built.last_run_id) if built and built.last_run_id else None
-    return bool(run and run.dagster_run.status == DagsterRunStatus.SUCCESS and landed and landed.last_materialization_record
-                and run.start_time > landed.last_materialization_record.timestamp)  # fmt: skip
+    last_landing = landed.last_materialization_record if landed else None
+    return bool(run and run.dagster_run.status == DagsterRunStatus.SUCCESS and last_landing
+                and (run.start_time > last_landing.timestamp or last_landing.run_id == built.last_run_id))  # fmt: skip
 
 
 def instance_state(home: Path) -> dict:

@@ -251,7 +251,8 @@ def settled(stack, instance) -> str | None:
     watermark = instance.get_latest_materialization_event(dg.AssetKey("get_last_timestamp"))
     inputs = [instance.get_latest_materialization_event(dg.AssetKey(k)) for k in ("company_house_stream", "company_house_bulk")]
     build = instance.get_run_record_by_id(watermark.run_id) if watermark else None
-    if build is None or not all(i is not None and build.start_time > i.timestamp for i in inputs):
+    # A build started after both inputs, or followed the landing in the same run (the companies landing run).
+    if build is None or not all(i is not None and (build.start_time > i.timestamp or i.run_id == watermark.run_id) for i in inputs):
         return "no dbt build since the last landing"
     return None
 
