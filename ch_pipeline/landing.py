@@ -22,7 +22,7 @@ import pyarrow as pa
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange, parse_partition_key
 from ch_pipeline.kafka.reader import read_ranges
-from ch_pipeline.warehouse.landing import LandingBatch, LandingSummary, Warehouse, parse_batch
+from ch_pipeline.warehouse.landing import LandingSummary, Warehouse
 
 # Raw chunks read but not yet taken by the warehouse.
 READ_AHEAD_CHUNKS = 2
@@ -113,12 +113,3 @@ def land_stream_partition(
     with gc_paused(), read_ahead(raw_chunks(kafka_config, topic, ranges)) as chunks:
         return warehouse.land_messages(stream_partition, ranges, chunks, now, stream)
 
-
-def read_stream_partition(
-    kafka_config: Mapping[str, str], topic: str, stream_partition: str, stream: StreamSpec = STREAMS[COMPANIES]
-) -> LandingBatch:
-    """Read exactly the offsets named by ``stream_partition`` of ``stream``'s topic and parse them into
-    an in-memory batch (``warehouse.landing.parse_batch``)."""
-    ranges = parse_partition_key(stream_partition)
-    now = datetime.now(timezone.utc)
-    return parse_batch(stream_partition, ranges, raw_chunks(kafka_config, topic, ranges), now, stream)

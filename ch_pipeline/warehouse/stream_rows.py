@@ -5,10 +5,11 @@ the tutorial's flat six-field record with ``"NA"`` for missing values. Bad input
 run: a message that is not one of the two shapes becomes a reject row carrying its coordinates,
 its bytes (base64) and the error, so it can be inspected and replayed.
 
-The parsing is one SQL query over an Arrow table of raw messages, run by an in-memory DuckDB:
-its JSON reader is C++ and releases the GIL, so a chunk is parsed while the next one is read
-(docs/architecture.md §11). The same query serves both warehouses: its Arrow output is what
-DuckDB and BigQuery land.
+The parsing is one SQL query over an Arrow table of raw messages: its JSON reader is C++ and
+releases the GIL, so a chunk is parsed while the next one is read (docs/architecture.md §11). The
+same query serves both warehouses: DuckDB runs it inside its landing transaction, straight into the
+file (``PARSE_WITH_RAW_EVENT``, ``DuckDBWarehouse.land_messages``); for BigQuery an in-memory DuckDB
+runs it and its Arrow output is loaded (``StreamBatchBuilder``).
 
 Decisions: every ``event.type`` other than ``changed``/``deleted`` is rejected (dbt's accepted
 values); an unknown ``resource_kind`` is landed with its kind (the stream table is the faithful
