@@ -1,7 +1,7 @@
 """The warehouse interface: what the assets ask of a warehouse, whichever it is (DuckDB, BigQuery).
 
-Implementations are listed in ``ch_pipeline.warehouse.IMPLEMENTATIONS``; the Kafka read that
-produces a ``LandingBatch`` is ``ch_pipeline.landing``.
+Implementations are listed in ``ch_pipeline.warehouse.IMPLEMENTATIONS``; the Kafka read that feeds
+``Warehouse.land_messages`` is ``ch_pipeline.landing``.
 """
 
 from __future__ import annotations
