@@ -3,8 +3,8 @@
 Both read the same 200k realistic Companies House events from the same real (local) broker and
 land them into DuckDB in the same process run. The tutorial's Mage consumer built a pandas
 DataFrame per batch of 100 messages and exported each batch with one insert; the baseline does
-exactly that into DuckDB. Ours: ``assign`` + explicit offsets, parse into Arrow columns, one
-transaction (``read_stream_partition`` + ``DuckDBWarehouse.land``, the asset's own body).
+exactly that into DuckDB. Ours: ``assign`` + explicit offsets, raw Arrow chunks parsed straight into the
+file, one transaction (``land_stream_partition`` + ``DuckDBWarehouse.land_messages``, the asset's own body).
 The reference row is the broker's own pace: a raw confluent-kafka consume (``assign``, no parsing)
 of the same messages, in the same run; our landing is reported as a ratio to it (goal >= 0.5).
 A row measures the same partition through a whole in-process Dagster run, and the last one the
@@ -33,7 +33,7 @@ from ch_pipeline.defs.stream import company_house_stream, landing_run_config
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, parse_partition_key, probe_offsets
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-from ch_pipeline.landing import read_stream_partition
+from ch_pipeline.landing import land_stream_partition
 from ch_pipeline_tests.warehouse.messages import company_event, company_number
 
 TOPIC = "company_house"
@@ -57,9 +57,8 @@ def produce_events(bootstrap: str, count: int) -> dict[int, int]:
 
 
 def land_ours(bootstrap: str, key: str, path: Path) -> int:
-    batch = read_stream_partition({"bootstrap.servers": bootstrap}, TOPIC, key)
-    DuckDBWarehouse(path).land(batch)
-    return batch.rows.num_rows + batch.rejects.num_rows
+    landed = land_stream_partition({"bootstrap.servers": bootstrap}, TOPIC, key, DuckDBWarehouse(path))
+    return landed.rows + landed.rejects
 
 
 def consume_raw(bootstrap: str, key: str, path: Path | None = None) -> int:

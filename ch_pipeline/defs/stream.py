@@ -21,7 +21,6 @@ rows record which landing wrote them and when.
 import json
 
 import dagster as dg
-import pyarrow.compute as pc
 
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.defs.metadata import ASSET_GROUP, column_schema
@@ -44,8 +43,8 @@ from ch_pipeline.defs.watch import (
     watch_events,
 )
 from ch_pipeline.settings import DEFAULT_STREAM_RETENTION_HOURS, sensor_interval_seconds, stream_retention_hours
-from ch_pipeline.landing import read_stream_partition
-from ch_pipeline.warehouse.landing import LandingBatch
+from ch_pipeline.landing import land_stream_partition
+from ch_pipeline.warehouse.landing import LandingSummary
 from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_COLUMNS
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
@@ -87,16 +86,15 @@ def land_stream(
     context: dg.AssetExecutionContext, stream: StreamSpec, offsets: str, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """The body of every stream's landing asset: read the offsets, land them, report what landed."""
-    # Read and parse everything before touching the warehouse, so the DuckDB file is held only
-    # for the landing transaction itself.
-    batch = read_stream_partition(kafka.client_config(), kafka.topic_of(stream.name), offsets, stream)
-    warehouse.warehouse().land(batch)
-    if batch.rejects.num_rows:
-        context.log.warning(f"{batch.rejects.num_rows} unparseable messages landed in {stream.rejects_table}")
-    return dg.MaterializeResult(metadata={**landing_metadata(batch), **kafka_lag(context, kafka, stream, batch)})
+    # The read streams into the warehouse's open landing transaction (DuckDB: the file is held while
+    # Kafka is read; this op already holds the duckdb pool's slot, so no other writer waits longer).
+    landed = land_stream_partition(kafka.client_config(), kafka.topic_of(stream.name), offsets, warehouse.warehouse(), stream)
+    if landed.rejects:
+        context.log.warning(f"{landed.rejects} unparseable messages landed in {stream.rejects_table}")
+    return dg.MaterializeResult(metadata={**landing_metadata(landed), **kafka_lag(context, kafka, stream, landed)})
 
 
-def kafka_lag(context: dg.AssetExecutionContext, kafka: KafkaResource, stream: StreamSpec, batch: LandingBatch) -> dict:
+def kafka_lag(context: dg.AssetExecutionContext, kafka: KafkaResource, stream: StreamSpec, batch: LandingSummary) -> dict:
     """Kafka -> warehouse lag once the landing has committed (``defs.watch.landing_lag_metadata``);
     nothing when the broker does not answer in time: the landing itself is done and must not fail."""
     try:
@@ -104,7 +102,7 @@ def kafka_lag(context: dg.AssetExecutionContext, kafka: KafkaResource, stream: S
     except (KafkaUnavailable, TopicMissing) as exc:
         context.log.warning(f"no Kafka -> warehouse lag for this landing: {exc}")
         return {}
-    return landing_lag_metadata(batch.ranges, ends, [batch.rows, batch.rejects])
+    return landing_lag_metadata(batch.ranges, ends, batch.newest_kafka_timestamp)
 
 
 @dg.asset(
@@ -174,19 +172,19 @@ def landing_requests(batches: list, asset_name: str, build: bool) -> list[dg.Run
     return [landing_request(format_partition_key(b), asset_name, landing_only=not build or i < last) for i, b in enumerate(batches)]
 
 
-def landing_metadata(batch: LandingBatch) -> dict[str, dg.MetadataValue]:
-    published = batch.rows.column("published_at")
+def landing_metadata(batch: LandingSummary) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {
-        "dagster/row_count": dg.MetadataValue.int(batch.rows.num_rows),
+        "dagster/row_count": dg.MetadataValue.int(batch.rows),
         "landing": dg.MetadataValue.text(batch.stream_partition),
-        "rows": dg.MetadataValue.int(batch.rows.num_rows),
-        "rejects": dg.MetadataValue.int(batch.rejects.num_rows),
+        "rows": dg.MetadataValue.int(batch.rows),
+        "rejects": dg.MetadataValue.int(batch.rejects),
         "offsets": dg.MetadataValue.json({f"p{r.partition}": [r.first, r.last] for r in batch.ranges}),
         "bytes": dg.MetadataValue.int(batch.message_bytes),
     }
-    if batch.rows.num_rows:
-        metadata["min_published_at"] = dg.MetadataValue.timestamp(pc.min(published).as_py())
-        metadata["max_published_at"] = dg.MetadataValue.timestamp(pc.max(published).as_py())
+    if batch.min_published_at is not None:
+        metadata["min_published_at"] = dg.MetadataValue.timestamp(batch.min_published_at)
+    if batch.max_published_at is not None:
+        metadata["max_published_at"] = dg.MetadataValue.timestamp(batch.max_published_at)
     return metadata
 
 

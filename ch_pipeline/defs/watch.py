@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ch_pipeline.companies_house.streams import StreamSpec
 from ch_pipeline.defs.resources import KafkaResource
@@ -210,22 +208,16 @@ def replay_window_check(stream: StreamSpec, retention_hours: int, timeout: float
     return replay_window
 
 
-def _newest_timestamp(tables: Sequence[pa.Table]) -> datetime | None:
-    times = [pc.max(t.column("kafka_timestamp")).as_py() for t in tables if t.num_rows and "kafka_timestamp" in t.column_names]
-    times = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times if t is not None]
-    return max(times, default=None)
-
-
 def landing_lag_metadata(
-    ranges: Sequence[OffsetRange], ends: Mapping[int, int], tables: Sequence[pa.Table], now: datetime | None = None
+    ranges: Sequence[OffsetRange], ends: Mapping[int, int], newest: datetime | None, now: datetime | None = None
 ) -> dict[str, dg.MetadataValue]:
     """Kafka -> warehouse lag, just after a landing committed: ``kafka_messages_behind`` (messages
     after its last offsets in the partitions it landed) and ``kafka_to_warehouse_seconds`` (how long
-    its newest message had been in Kafka)."""
+    its newest message, Kafka timestamp ``newest``, had been in Kafka)."""
     behind = sum(max(0, ends.get(r.partition, r.next_offset) - r.next_offset) for r in ranges)
     metadata: dict[str, dg.MetadataValue] = {"kafka_messages_behind": dg.MetadataValue.int(behind)}
-    newest = _newest_timestamp(tables)
     if newest is not None:
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
         waited = ((now or datetime.now(timezone.utc)) - newest).total_seconds()
         metadata["kafka_to_warehouse_seconds"] = dg.MetadataValue.float(round(waited, 3))
     return metadata

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,7 +28,9 @@ from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_c
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
 from ch_pipeline.warehouse.landing import (
     LandingBatch,
+    LandingSummary,
     TimepointCoverage,
+    parse_batch,
     offsets_predicate,
     timepoint_gaps_sql,
     timepoint_range_sql,
@@ -215,6 +217,15 @@ class BigQueryWarehouse:
         [(first, last)] = [tuple(row.values()) for row in self.client.query(timepoint_range_sql(table), location=self.location).result()]
         gaps = [tuple(row.values()) for row in self.client.query(timepoint_gaps_sql(table), location=self.location).result()]
         return TimepointCoverage(first, last, gaps)
+
+    def land_messages(
+        self, stream_partition: str, ranges: Sequence[OffsetRange], chunks: Iterable[pa.Table], ingested_at: datetime,
+        stream: StreamSpec = STREAMS[COMPANIES],
+    ) -> LandingSummary:
+        """Parse everything in memory first (load jobs take whole files), then ``land``."""
+        batch = parse_batch(stream_partition, ranges, chunks, ingested_at, stream)
+        self.land(batch)
+        return LandingSummary.of_batch(batch)
 
     def land(self, batch: LandingBatch) -> None:
         tables = landed_tables(batch.stream)

@@ -1,26 +1,45 @@
-"""The DuckDB warehouse (local default): one file, landed from Arrow in one transaction."""
+"""The DuckDB warehouse (local default): one file, landed in one transaction.
+
+A landing parses its raw Kafka chunks straight into the file (``land_messages``): each chunk is one
+``INSERT ... SELECT <parse> FROM <Arrow chunk>`` in the open landing transaction, so memory is bounded
+by a chunk and DuckDB's own row-group buffer, never the whole range, and the read of the next chunk
+overlaps the parse and write of this one (docs/architecture.md §11).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
 from ch_pipeline.warehouse.bulk_load import DEFAULT_LIMITS, BulkLimits, Progress
+from ch_pipeline.kafka.offsets import OffsetRange
 from ch_pipeline.warehouse.landing import (
     LandingBatch,
+    LandingSummary,
     TimepointCoverage,
+    message_bytes,
     offsets_predicate,
     timepoint_gaps_sql,
     timepoint_range_sql,
 )
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, duckdb_ddl, landing_columns
+
+
+def parse_query(stream: StreamSpec) -> str:
+    """The parse of one raw chunk (table ``raw_messages``) of ``stream``: every message's error (NULL
+    for a landing row), its landing-row fields with ``raw_event``, and its reject-row fields."""
+    from ch_pipeline.warehouse.envelope_rows import envelope_query
+    from ch_pipeline.warehouse.stream_rows import PARSE_WITH_RAW_EVENT
+
+    return PARSE_WITH_RAW_EVENT if stream.name == COMPANIES else envelope_query(stream, raw_event=True)
 
 
 def drop_repeats_sql(table: str) -> str:
@@ -96,6 +115,17 @@ def load_duckdb(
     return rows
 
 
+def _execute_over(con: duckdb.DuckDBPyConnection, raw: pa.Table, sql: str, params: dict) -> list[tuple]:
+    """Run ``sql`` with ``raw`` as the table ``raw_messages``. Registered as a stream of its batches: a
+    registered Arrow table stays referenced until the transaction ends (every chunk of a landing
+    held in memory at once), a consumed stream of batches does not."""
+    con.register("raw_messages", pa.RecordBatchReader.from_batches(raw.schema, iter(raw.to_batches())))
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.unregister("raw_messages")
+
+
 class DuckDBWarehouse:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -118,6 +148,48 @@ class DuckDBWarehouse:
             [(first, last)] = con.execute(timepoint_range_sql(stream.landing_table)).fetchall()
             gaps = [tuple(row) for row in con.execute(timepoint_gaps_sql(stream.landing_table)).fetchall()]
         return TimepointCoverage(first, last, gaps)
+
+    def land_messages(
+        self, stream_partition: str, ranges: Sequence[OffsetRange], chunks: Iterable[pa.Table], ingested_at: datetime,
+        stream: StreamSpec = STREAMS[COMPANIES],
+    ) -> LandingSummary:
+        """Parse each raw chunk straight into ``stream``'s tables inside one transaction that first
+        deletes the rows at ``ranges``: the previous state stays until COMMIT, whatever fails (the
+        read included: ``chunks`` is consumed inside the transaction)."""
+        predicate = offsets_predicate(ranges)
+        query = parse_query(stream)
+        params = {"stream_partition": stream_partition, "ingested_at": ingested_at}
+        tables = ((stream.landing_table, landing_columns(stream), "IS NULL"), (stream.rejects_table, REJECT_COLUMNS, "IS NOT NULL"))
+        inserts = [
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM ({query}) WHERE error {test}"
+            for table, columns, test in tables
+            for names in [", ".join(c.name for c in columns)]
+        ]
+        counts, total_bytes = [0, 0], 0
+        with connect(self.path) as con:
+            create_stream_tables(con, stream)
+            con.execute("SET TimeZone = 'UTC'")  # the parse's: published_at without an offset is UTC
+            con.begin()
+            try:
+                for table, _, _ in tables:
+                    con.execute(f"DELETE FROM {table} WHERE {predicate}")
+                for raw in chunks:
+                    [(landed,)] = _execute_over(con, raw, inserts[0], params)
+                    counts[0] += landed
+                    if landed < raw.num_rows:  # some rejects (usually none: one parse per chunk then)
+                        [(rejected,)] = _execute_over(con, raw, inserts[1], params)
+                        counts[1] += rejected
+                    total_bytes += message_bytes(raw)
+                [(first, last, newest_row)] = con.execute(
+                    f"SELECT min(published_at), max(published_at), max(kafka_timestamp) FROM {stream.landing_table} WHERE {predicate}"
+                ).fetchall()
+                [(newest_reject,)] = con.execute(f"SELECT max(kafka_timestamp) FROM {stream.rejects_table} WHERE {predicate}").fetchall()
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        newest = max((t for t in (newest_row, newest_reject) if t is not None), default=None)
+        return LandingSummary(stream_partition, ranges, counts[0], counts[1], total_bytes, first, last, newest, stream)
 
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)

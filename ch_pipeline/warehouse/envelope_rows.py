@@ -130,11 +130,14 @@ END"""
 
 
 @functools.cache
-def envelope_query(spec: StreamSpec) -> str:
+def envelope_query(spec: StreamSpec, raw_event: bool = False) -> str:
     """The parse of one chunk of ``spec``'s messages: every message's error (NULL for a good one),
-    its landing-row fields and its reject-row fields. TRY_CAST: rejected rows are computed too."""
+    its landing-row fields and its reject-row fields. TRY_CAST: rejected rows are computed too.
+    ``raw_event``: also the message text as ``raw_event`` (the bytes as received), for a warehouse
+    that parses straight into its landing table (``DuckDBWarehouse.land_messages``)."""
     extractions, row_fields = _row_fields(spec)
     company, item = _keys(spec)
+    raw_event_column = ",\n  text AS raw_event" if raw_event else ""
     return f"""
 WITH decoded AS (
   SELECT *, TRY(decode(value)) AS text FROM raw_messages
@@ -158,7 +161,7 @@ SELECT
   {"".join(f + ", " for f in row_fields)}kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
-  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64
+  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64{raw_event_column}
 FROM parsed
 """
 

@@ -1,17 +1,18 @@
 """The warehouse interface: what the assets ask of a warehouse, whichever it is (DuckDB, BigQuery).
 
-Implementations are listed in ``ch_pipeline.warehouse.IMPLEMENTATIONS``; the Kafka read that
-produces a ``LandingBatch`` is ``ch_pipeline.landing``.
+Implementations are listed in ``ch_pipeline.warehouse.IMPLEMENTATIONS``; the Kafka read that feeds
+``Warehouse.land_messages`` is ``ch_pipeline.landing``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, timezone
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS, StreamSpec
 from ch_pipeline.kafka.offsets import OffsetRange
@@ -31,6 +32,67 @@ class LandingBatch:
     rejects: pa.Table
     message_bytes: int = 0
     stream: StreamSpec = STREAMS[COMPANIES]
+
+
+@dataclass(frozen=True)
+class LandingSummary:
+    """What one landing wrote, once committed: counts, bytes and time bounds, no rows (a warehouse
+    that lands chunk by chunk never holds them all)."""
+
+    stream_partition: str
+    ranges: Sequence[OffsetRange]
+    rows: int
+    rejects: int
+    message_bytes: int = 0
+    min_published_at: datetime | None = None
+    max_published_at: datetime | None = None
+    newest_kafka_timestamp: datetime | None = None  # of rows and rejects alike
+    stream: StreamSpec = STREAMS[COMPANIES]
+
+    @classmethod
+    def of_batch(cls, batch: LandingBatch) -> "LandingSummary":
+        published = batch.rows.column("published_at")
+        stamps = [pc.max(t.column("kafka_timestamp")).as_py() for t in (batch.rows, batch.rejects) if t.num_rows]
+        return cls(
+            batch.stream_partition,
+            batch.ranges,
+            batch.rows.num_rows,
+            batch.rejects.num_rows,
+            batch.message_bytes,
+            _utc(pc.min(published).as_py()) if batch.rows.num_rows else None,
+            _utc(pc.max(published).as_py()) if batch.rows.num_rows else None,
+            max((_utc(t) for t in stamps if t is not None), default=None),
+            batch.stream,
+        )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def message_bytes(raw: pa.Table) -> int:
+    """The bytes of a raw chunk's values and keys (``stream_rows.RAW_SCHEMA``), as Kafka carried them."""
+    return sum(pc.sum(pc.binary_length(raw.column(name))).as_py() or 0 for name in ("value", "kafka_key"))
+
+
+def parse_batch(
+    stream_partition: str, ranges: Sequence[OffsetRange], chunks: Iterable[pa.Table], ingested_at: datetime,
+    stream: StreamSpec = STREAMS[COMPANIES],
+) -> LandingBatch:
+    """Raw chunks (``stream_rows.RAW_SCHEMA``) parsed into one in-memory batch: the companies parser
+    for companies, the envelope parser configured by the spec otherwise. For a warehouse that loads
+    whole tables (BigQuery); DuckDB parses straight into its file instead (``land_messages``)."""
+    from ch_pipeline.warehouse.envelope_rows import envelope_parser
+    from ch_pipeline.warehouse.schema import arrow_schema, landing_columns
+    from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
+
+    if stream.name == COMPANIES:
+        builder = StreamBatchBuilder(stream_partition, ingested_at)
+    else:
+        builder = StreamBatchBuilder(stream_partition, ingested_at, envelope_parser(stream), arrow_schema(landing_columns(stream)))
+    for raw in chunks:
+        builder.add_raw(raw)
+    return LandingBatch(stream_partition, ranges, builder.stream_table(), builder.rejects_table(), builder.bytes, stream)
 
 
 @dataclass(frozen=True)
@@ -85,6 +147,15 @@ class Warehouse(Protocol):
         """In ``batch.stream``'s tables, replace, atomically, every row whose Kafka coordinates lie in
         ``batch.ranges`` with the batch's rows: re-landing a partition never duplicates, and a
         failure leaves the previous state untouched."""
+
+    def land_messages(
+        self, stream_partition: str, ranges: Sequence[OffsetRange], chunks: Iterable[pa.Table], ingested_at: datetime,
+        stream: StreamSpec = STREAMS[COMPANIES],
+    ) -> LandingSummary:
+        """``land`` for raw messages: parse ``chunks`` (Arrow tables in ``stream_rows.RAW_SCHEMA``, read
+        lazily, one at a time) into ``stream``'s landing and reject rows and replace the rows at
+        ``ranges`` with them, atomically, with the same guarantees as ``land``. A warehouse may parse
+        everything first (``parse_batch`` + ``land``) or stream the chunks into its open transaction."""
 
     def timepoint_coverage(self, stream: StreamSpec) -> TimepointCoverage:
         """The landed timepoints of ``stream`` (its landing table; empty coverage when it does not exist yet)."""

@@ -5,10 +5,11 @@ the tutorial's flat six-field record with ``"NA"`` for missing values. Bad input
 run: a message that is not one of the two shapes becomes a reject row carrying its coordinates,
 its bytes (base64) and the error, so it can be inspected and replayed.
 
-The parsing is one SQL query over an Arrow table of raw messages, run by an in-memory DuckDB:
-its JSON reader is C++ and releases the GIL, so a chunk is parsed while the next one is read
-(docs/architecture.md §11). The same query serves both warehouses: its Arrow output is what
-DuckDB and BigQuery land.
+The parsing is one SQL query over an Arrow table of raw messages: its JSON reader is C++ and
+releases the GIL, so a chunk is parsed while the next one is read (docs/architecture.md §11). The
+same query serves both warehouses: DuckDB runs it inside its landing transaction, straight into the
+file (``PARSE_WITH_RAW_EVENT``, ``DuckDBWarehouse.land_messages``); for BigQuery an in-memory DuckDB
+runs it and its Arrow output is loaded (``StreamBatchBuilder``).
 
 Decisions: every ``event.type`` other than ``changed``/``deleted`` is rejected (dbt's accepted
 values); an unknown ``resource_kind`` is landed with its kind (the stream table is the faithful
@@ -59,6 +60,10 @@ _PATHS = {
     "data_date_of_creation": "$.data.date_of_creation",
     "address": "$.data.registered_office_address",
     "address_postal_code": "$.data.registered_office_address.postal_code",
+}
+# The flat record's paths, read only from messages that are not events (``tf``/``vf``): every path
+# costs each message its own look-up, and events are nearly all of a stream.
+_FLAT_PATHS = {
     "flat_company_name": "$.company_name",
     "flat_company_number": "$.company_number",
     "flat_company_status": "$.company_status",
@@ -73,14 +78,15 @@ _VALUE_PATHS = {name: path for name, path in _PATHS.items() if name not in _OBJE
 _TYPE_PATHS = ["$", *_PATHS.values()]
 _T_INDEX = {name: position + 2 for position, name in enumerate(_PATHS)}
 _V_INDEX = {name: position + 1 for position, name in enumerate(_VALUE_PATHS)}
+_F_INDEX = {name: position + 1 for position, name in enumerate(_FLAT_PATHS)}
 
 
 def _t(name: str) -> str:
-    return f"t[{_T_INDEX[name]}]"
+    return f"tf[{_F_INDEX[name]}]" if name in _F_INDEX else f"t[{_T_INDEX[name]}]"
 
 
 def _v(name: str) -> str:
-    return f"v[{_V_INDEX[name]}]"
+    return f"vf[{_F_INDEX[name]}]" if name in _F_INDEX else f"v[{_V_INDEX[name]}]"
 
 
 def _is_text(name: str) -> str:
@@ -148,8 +154,8 @@ END"""
 
 # One streaming pass: every message's error (NULL for a good one), its stream-row fields and its
 # reject-row fields; Arrow then splits the two. TRY_CAST: the fields of rejected rows are computed
-# too and must not raise.
-_PARSE = f"""
+# too and must not raise. The comment ``/*raw_event*/`` marks where ``PARSE_WITH_RAW_EVENT`` adds its column.
+_PARSE_TEMPLATE = f"""
 WITH decoded AS (
   SELECT *, TRY(decode(value)) AS text FROM raw_messages
 ), typed AS (
@@ -159,10 +165,17 @@ WITH decoded AS (
   SELECT *, t[1] AS doc_type,
          CASE WHEN t IS NOT NULL THEN json_extract_string(text, {list(_VALUE_PATHS.values())}) END AS v
   FROM typed
+), evented AS (
+  SELECT *, {_t('event')} IS NOT NULL OR {_t('resource_kind')} IS NOT NULL AS is_event FROM documents
+), flat AS (
+  -- The flat paths of a parsed document that is no event (CASE evaluates them for those rows only).
+  SELECT *,
+         CASE WHEN t IS NOT NULL AND NOT is_event THEN json_type(text, {list(_FLAT_PATHS.values())}) END AS tf,
+         CASE WHEN t IS NOT NULL AND NOT is_event THEN json_extract_string(text, {list(_FLAT_PATHS.values())}) END AS vf
+  FROM evented
 ), shaped AS (
-  SELECT *, {_t('event')} IS NOT NULL OR {_t('resource_kind')} IS NOT NULL AS is_event,
-         {_t('flat_company_number')} IS NOT NULL AND {_t('flat_published_at')} IS NOT NULL AS is_flat
-  FROM documents
+  SELECT *, coalesce({_t('flat_company_number')} IS NOT NULL AND {_t('flat_published_at')} IS NOT NULL, false) AS is_flat
+  FROM flat
 ), parsed AS (
   SELECT *, {_ERROR} AS error FROM shaped
 )
@@ -181,9 +194,15 @@ SELECT
   kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
-  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64
+  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64/*raw_event*/
 FROM parsed
 """
+
+
+_PARSE = _PARSE_TEMPLATE
+# The same pass with the message text as ``raw_event`` (the decoded bytes, exactly as received), for a
+# warehouse that parses straight into its landing table (``DuckDBWarehouse.land_messages``).
+PARSE_WITH_RAW_EVENT = _PARSE_TEMPLATE.replace("/*raw_event*/", ",\n  text AS raw_event")
 
 
 def _binary_array(items: list[bytes | None]) -> pa.Array:
@@ -274,7 +293,10 @@ class StreamBatchBuilder:
 
     def add(self, messages: Iterable[Any]) -> None:
         """Add confluent-kafka ``Message``s (anything with value/key/partition/offset/timestamp)."""
-        raw = raw_messages_table(list(messages))
+        self.add_raw(raw_messages_table(list(messages)))
+
+    def add_raw(self, raw: pa.Table) -> None:
+        """Add messages already in an Arrow table in ``RAW_SCHEMA`` (``raw_messages_table``)."""
         self.bytes += pc.sum(pc.binary_length(raw.column("value"))).as_py() or 0
         self.bytes += pc.sum(pc.binary_length(raw.column("kafka_key"))).as_py() or 0
         self._pending.append(self._worker.submit(self._parse_chunk, raw, self.stream_partition, self.ingested_at))

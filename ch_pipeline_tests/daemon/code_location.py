@@ -6,7 +6,7 @@ resource and automation condition is the project's own object; importing this mo
 a few functions from outside, in the processes that import it (the code server and every run
 worker it spawns), and each wrapper does nothing unless a marker file armed it (``faults.py``):
 
-- landing (``DuckDBWarehouse.land``): SIGKILL before the write, inside the transaction before
+- landing (``DuckDBWarehouse.land_messages``): SIGKILL before the write, inside the transaction before
   COMMIT, or after the commit before Dagster records the materialization (the same fault points
   as ``ch_pipeline_tests/reliability/faulty_landing.py``, but inside a real run worker launched
   by the daemon through the code server);
@@ -52,7 +52,7 @@ def current_run_id() -> str | None:
 # --- landing --------------------------------------------------------------------------------
 
 _original_connect = duckdb_warehouse.connect
-_original_land = duckdb_warehouse.DuckDBWarehouse.land
+_original_land_messages = duckdb_warehouse.DuckDBWarehouse.land_messages
 
 
 class _DiesAtCommit:
@@ -76,20 +76,21 @@ def _connect_dying_at_commit(path):
         yield _DiesAtCommit(con)
 
 
-def _land(self, batch):
+def _land_messages(self, *args, **kwargs):
     if faults.claim(faults.LANDING_BEFORE_WRITE, current_run_id()) is not None:
         die()
     # Only the landing's own connection (not, say, the bulk load's) can die at its commit.
     duckdb_warehouse.connect = _connect_dying_at_commit
     try:
-        _original_land(self, batch)
+        landed = _original_land_messages(self, *args, **kwargs)
     finally:
         duckdb_warehouse.connect = _original_connect
     if faults.claim(faults.LANDING_AFTER_WRITE, current_run_id()) is not None:
         die()
+    return landed
 
 
-duckdb_warehouse.DuckDBWarehouse.land = _land
+duckdb_warehouse.DuckDBWarehouse.land_messages = _land_messages
 
 # --- dbt ------------------------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ fired it (pid, run id) in ``<name>.fired.json`` (``wait_fired`` reads it). A mar
 value (e.g. seconds to hold a build).
 
 Fault points (marker names):
-- ``landing_before_write``: the landing run read and parsed its ranges; SIGKILLs itself before the
-  warehouse is opened.
-- ``landing_during_write``: inside the landing transaction, both tables written, before COMMIT.
+- ``landing_before_write``: the landing run SIGKILLs itself before the warehouse is opened (its
+  read streams into the landing transaction, so nothing is read yet either).
+- ``landing_during_write``: inside the landing transaction, every chunk read and written, before COMMIT.
 - ``landing_after_write``: the transaction committed; SIGKILLs itself before Dagster records the
   materialization.
 - ``dbt_hold_after_<model>``: the dbt run worker has recorded ``<model>``'s materialization; it

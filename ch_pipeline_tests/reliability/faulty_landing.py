@@ -3,8 +3,9 @@
 It shares the scenario's Dagster instance (DAGSTER_HOME) and DuckDB file (CH_DUCKDB_PATH) with the
 test, so what the crash leaves behind (a run stuck in STARTED, a DuckDB WAL, a half-open
 transaction) is what the test then recovers from.
-- ``landing_before_write``: the batch is read and parsed; dies before the warehouse is opened.
-- ``landing_during_write``: inside the landing transaction, both tables written, before COMMIT.
+- ``landing_before_write``: dies before the warehouse is opened (the read streams into the landing
+  transaction, so nothing is read yet either).
+- ``landing_during_write``: inside the landing transaction, every chunk read and written, before COMMIT.
 - ``landing_after_write``: the transaction committed; dies before Dagster records the materialization.
 """
 
@@ -40,7 +41,7 @@ class DiesAtCommit:
 
 
 original_connect = duckdb_warehouse.connect
-original_land = duckdb_warehouse.DuckDBWarehouse.land
+original_land_messages = duckdb_warehouse.DuckDBWarehouse.land_messages
 
 
 @contextmanager
@@ -49,16 +50,17 @@ def connect(path):
         yield DiesAtCommit(con) if FAULT_POINT == "landing_during_write" else con
 
 
-def land(self, batch):
+def land_messages(self, *args, **kwargs):
     if FAULT_POINT == "landing_before_write":
         die()
-    original_land(self, batch)
+    landed = original_land_messages(self, *args, **kwargs)
     if FAULT_POINT == "landing_after_write":
         die()
+    return landed
 
 
 duckdb_warehouse.connect = connect
-duckdb_warehouse.DuckDBWarehouse.land = land
+duckdb_warehouse.DuckDBWarehouse.land_messages = land_messages
 
 if __name__ == "__main__":
     dg.materialize(

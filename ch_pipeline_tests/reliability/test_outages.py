@@ -142,16 +142,20 @@ def duckdb_file_locked_by_another_process(path):
 
 
 class FailsOnRejectsInsert:
-    """The warehouse connection failing inside the landing transaction, after the stream rows were written."""
+    """The warehouse connection failing inside the landing transaction, after the stream rows were
+    written: at the first statement on the rejects table that follows a stream-rows INSERT (the
+    rejects INSERT, or the summary query when no chunk had rejects to insert)."""
 
     statements: list[str] = []  # what ran before the failure, across connections
 
     def __init__(self, con) -> None:
         self._con = con
+        self._wrote_rows = False  # on this connection
 
     def execute(self, sql: str, *args):
         self.statements.append(sql.split("(")[0].strip())
-        if sql.startswith("INSERT INTO company_house_stream_rejects"):
+        self._wrote_rows |= sql.startswith("INSERT INTO company_house_stream ")
+        if self._wrote_rows and "company_house_stream_rejects" in sql:
             raise duckdb.IOException("injected: the disk failed mid-transaction")
         return self._con.execute(sql, *args)
 
