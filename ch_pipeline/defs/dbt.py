@@ -437,4 +437,7 @@ dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
     "each stream's current-state model after its landing table.",
     # The core's condition reads the instance (InputLandedAfterLastBuild): it runs where the code is.
     use_user_code_server=True,
+    # Its runs (the bulk load, the core's builds, the stream models) go before the other streams'
+    # landings, like the companies landings: the first bulk load waited behind a round of eight.
+    run_tags={"dagster/priority": "1"},
 )

@@ -14,7 +14,7 @@ import pytest
 
 from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.definitions import defs
-from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
+from ch_pipeline.defs.dbt import ch_dbt_models, dbt_automation_sensor, dbt_resource
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
 from ch_pipeline.defs.stream import CORE_BUILD, build_kafka_sensor, bulk_file_is_loaded, company_house_stream
 from ch_pipeline.kafka.offsets import parse_partition_key
@@ -84,6 +84,7 @@ def test_companies_runs_go_first_in_the_queue_and_the_pool():
     priorities = {spec.name: defs.resolve_job_def(spec.landing_job).tags.get("dagster/priority") for spec in STREAMS.values()}
     assert priorities.pop(COMPANIES) == "1"
     assert set(priorities.values()) == {"0"}
+    assert dbt_automation_sensor.run_tags == {"dagster/priority": "1"}  # the bulk load and the builds, too
 
 
 def test_before_a_bulk_file_every_run_only_lands(instance_with_db, kafka):
