@@ -93,22 +93,23 @@ def test_other_streams_parsed_into_the_file_equal_the_in_memory_path(tmp_path, n
     assert summary == LandingSummary.of_batch(batch) and summary.rejects == 2
 
 
-def test_landing_again_replaces_by_coordinates(tmp_path):
+def landed_once(tmp_path):
+    """A warehouse with the corpus landed: (warehouse, its messages, their ranges and key, the rows)."""
     warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
     messages, ranges = corpus_messages()
     key = format_partition_key(ranges)
     warehouse.land_messages(key, ranges, raw_chunks(messages), INGESTED)
-    first = landed(tmp_path / "w.duckdb", STREAMS[COMPANIES])
+    return warehouse, messages, ranges, key, landed(tmp_path / "w.duckdb", STREAMS[COMPANIES])
+
+
+def test_landing_again_replaces_by_coordinates(tmp_path):
+    warehouse, messages, ranges, key, first = landed_once(tmp_path)
     warehouse.land_messages(key, ranges, raw_chunks(messages), INGESTED)
     assert landed(tmp_path / "w.duckdb", STREAMS[COMPANIES]) == first
 
 
 def test_a_read_failing_mid_landing_leaves_the_previous_state(tmp_path):
-    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
-    messages, ranges = corpus_messages()
-    key = format_partition_key(ranges)
-    warehouse.land_messages(key, ranges, raw_chunks(messages), INGESTED)
-    before = landed(tmp_path / "w.duckdb", STREAMS[COMPANIES])
+    warehouse, _, ranges, key, before = landed_once(tmp_path)
 
     changed, _ = corpus_messages(name_suffix="V2 ")
 
