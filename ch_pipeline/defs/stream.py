@@ -51,14 +51,6 @@ DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (docs/architecture.md §11): poll every 30 s and batch per tick.
 DEFAULT_MINIMUM_INTERVAL_SECONDS = 30
 LANDING_MAX_RUNTIME_SECONDS = 600
-
-
-def ticks_every(seconds: int) -> int:
-    """The ``minimum_interval_seconds`` of a sensor meant to tick every ``seconds``. The daemon looks
-    for due sensors every 5 s, and a tick is due once the interval has passed since the previous tick
-    started: at the look exactly 10 s later, 9.99 s had passed, so an interval of 10 ticked every 15 s
-    (measured: docs/architecture.md §11). A second of slack, and it ticks every 10."""
-    return max(1, seconds - 1)
 # A broker that does not answer within this skips the tick (the daemon retries at the next one).
 PROBE_TIMEOUT_SECONDS = 5.0
 # After a landing, how long its Kafka -> warehouse lag may wait for the end offsets: a slow broker
@@ -67,6 +59,14 @@ LAG_PROBE_TIMEOUT_SECONDS = 5.0
 
 # The run tag naming a landing's offset ranges: filter the Runs page by it to find who landed an offset.
 OFFSETS_TAG = "ch/offsets"
+
+
+def ticks_every(seconds: int) -> int:
+    """The ``minimum_interval_seconds`` of a sensor meant to tick every ``seconds``. The daemon looks
+    for due sensors every 5 s, and a tick is due once the interval has passed since the previous tick
+    started: at the look exactly 10 s later, 9.99 s had passed, so an interval of 10 ticked every 15 s
+    (measured: docs/architecture.md §11). A second of slack, and it ticks every 10."""
+    return max(1, seconds - 1)
 
 
 class StreamLanding(dg.Config):
