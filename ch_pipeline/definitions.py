@@ -17,7 +17,6 @@ from ch_pipeline.defs.resources import KafkaResource, WarehouseResource, fixed_r
 DBT = fixed_resource(dbt_resource(), "dbt CLI on ch_dbt/, target from DBT_TARGET (default CH_WAREHOUSE)")
 
 
-
 def load_defs_folder() -> dg.Definitions:
     """Everything under ``defs/``, as ``dg.load_from_defs_folder`` finds it, without the catalogue of
     every installed dg plugin's component types that it also attaches: building it imports each plugin
