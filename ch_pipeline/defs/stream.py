@@ -45,7 +45,7 @@ from ch_pipeline.defs.watch import (
 from ch_pipeline.settings import DEFAULT_STREAM_RETENTION_HOURS, sensor_interval_seconds, stream_retention_hours
 from ch_pipeline.landing import land_stream_partition
 from ch_pipeline.warehouse.landing import LandingSummary
-from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_COLUMNS
+from ch_pipeline.warehouse.schema import CORE_MODEL, STREAM_COLUMNS
 
 DEFAULT_MAX_BATCH_MESSAGES = 100_000
 # A run costs ~5 s and 2-3 CPU-seconds here (docs/architecture.md §11): poll every 30 s and batch per tick.
@@ -148,9 +148,11 @@ CORE_BUILD = dg.AssetSelection.assets(CORE_MODEL).required_multi_asset_neighbors
 company_house_stream_job = build_landing_job(company_house_stream, STREAMS[COMPANIES], then_build=CORE_BUILD, priority=1)
 
 
-def bulk_file_is_loaded(instance: dg.DagsterInstance) -> bool:
-    """Whether a bulk file (any month) is loaded: the core's first build starts from one."""
-    return instance.get_latest_materialization_event(dg.AssetKey(BULK_TABLE)) is not None
+def core_is_built(instance: dg.DagsterInstance) -> bool:
+    """Whether the core has been built: its first build (from the bulk file, requested by the automation
+    once one is loaded) is the automation's alone; a landing run that built too would be a second build
+    of the whole bulk snapshot beside it."""
+    return instance.get_latest_materialization_event(dg.AssetKey(CORE_MODEL)) is not None
 
 
 def landing_request(offsets: str, asset_name: str = "company_house_stream", landing_only: bool = False) -> dg.RunRequest:
@@ -273,7 +275,7 @@ def build_kafka_sensor(
 company_house_kafka_sensor = build_kafka_sensor(
     minimum_interval_seconds=ticks_every(sensor_interval_seconds(DEFAULT_MINIMUM_INTERVAL_SECONDS)),
     retention_hours=stream_retention_hours(),
-    build_ready=bulk_file_is_loaded,
+    build_ready=core_is_built,
 )
 # The companies topic's replay window, also reported by company_house_kafka_sensor (defs.watch).
 company_house_topic_replay_window = replay_window_check(STREAMS[COMPANIES], stream_retention_hours(), PROBE_TIMEOUT_SECONDS)
