@@ -37,12 +37,14 @@ from dagster._core.utils import make_new_run_id
 
 from ch_pipeline.defs.stream import OFFSETS_TAG, landing_run_config
 from benchmarks.postgres_scale import DBT_MODELS, TOPIC, instance_overrides
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline_tests.warehouse.messages import produce_filler
 
 LANDINGS_PER_DAY = 24 * 3600 // 30
 REPEATS = 5
-KAFKA_SENSOR, AUTOMATION_SENSOR = "company_house_kafka_sensor", "ch_dbt_automation"
+COMPANIES_STREAM = STREAMS[COMPANIES]
+KAFKA_SENSOR, LANDING_JOB, AUTOMATION_SENSOR = COMPANIES_STREAM.kafka_sensor, COMPANIES_STREAM.landing_job, "ch_dbt_automation"
 OVERRIDES = instance_overrides(storage_url=None)  # the production run coordinator and duckdb pool, on SQLite
 
 ASSET_PAGE_QUERY = """
@@ -54,11 +56,11 @@ query StreamAssetPage($key: AssetKeyInput!) {
     }
   }
   assetNodes(assetKeys: [$key]) { id assetKey { path } dependedByKeys { path } }
-  runsOrError(filter: {pipelineName: "company_house_stream_job"}, limit: 25) {
+  runsOrError(filter: {pipelineName: "LANDING_JOB"}, limit: 25) {
     ... on Runs { results { runId status tags { key value } } }
   }
 }
-"""
+""".replace("LANDING_JOB", LANDING_JOB)
 
 
 def record_history(instance: dg.DagsterInstance, days: int) -> int:
@@ -68,7 +70,7 @@ def record_history(instance: dg.DagsterInstance, days: int) -> int:
     for number in range(landings):
         key = f"p9:{number * 100}-{number * 100 + 99}"  # a Kafka partition the benchmark topic does not have
         instance.add_run(DagsterRun(
-            job_name="company_house_stream_job", run_id=make_new_run_id(), status=DagsterRunStatus.SUCCESS,
+            job_name=LANDING_JOB, run_id=make_new_run_id(), status=DagsterRunStatus.SUCCESS,
             tags={OFFSETS_TAG: key, RUN_KEY_TAG: key, SENSOR_NAME_TAG: KAFKA_SENSOR},
         ))  # fmt: skip
         instance.report_runless_asset_event(dg.AssetMaterialization("company_house_stream", metadata={"landing": key, "rows": 100}))

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import dagster as dg
 
+from ch_pipeline.companies_house.streams import COMPANIES, STREAMS
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline.production_stack import PostgresCluster
 from ch_pipeline_tests.warehouse.messages import produce_filler
 
 TOPIC = "company_house"
 TICKS = 3
-SENSORS = ("company_house_kafka_sensor", "ch_dbt_automation")
+SENSORS = (STREAMS[COMPANIES].kafka_sensor, "ch_dbt_automation")
 DBT_MODELS = ("snapshot_streamed_data", "company_house_deletions", "company_house_core", "get_last_timestamp")
 
 
