@@ -213,11 +213,10 @@ def landing_lag_metadata(
 ) -> dict[str, dg.MetadataValue]:
     """Kafka -> warehouse lag, just after a landing committed: ``kafka_messages_behind`` (messages
     after its last offsets in the partitions it landed) and ``kafka_to_warehouse_seconds`` (how long
-    its newest message, Kafka timestamp ``newest``, had been in Kafka)."""
+    its newest message, Kafka timestamp ``newest`` (aware), had been in Kafka)."""
     behind = sum(max(0, ends.get(r.partition, r.next_offset) - r.next_offset) for r in ranges)
     metadata: dict[str, dg.MetadataValue] = {"kafka_messages_behind": dg.MetadataValue.int(behind)}
-    if newest is not None:
-        newest = newest if newest.tzinfo else newest.replace(tzinfo=timezone.utc)
+    if newest is not None:  # aware (LandingSummary)
         waited = ((now or datetime.now(timezone.utc)) - newest).total_seconds()
         metadata["kafka_to_warehouse_seconds"] = dg.MetadataValue.float(round(waited, 3))
     return metadata

@@ -49,6 +49,11 @@ class LandingSummary:
     newest_kafka_timestamp: datetime | None = None  # of rows and rejects alike
     stream: StreamSpec = STREAMS[COMPANIES]
 
+    def __post_init__(self) -> None:
+        # Aware UTC whichever warehouse reported them (Arrow's and DuckDB's timestamps may come naive).
+        for name in ("min_published_at", "max_published_at", "newest_kafka_timestamp"):
+            object.__setattr__(self, name, _utc(getattr(self, name)))
+
     @classmethod
     def of_batch(cls, batch: LandingBatch) -> "LandingSummary":
         published = batch.rows.column("published_at")
@@ -59,8 +64,8 @@ class LandingSummary:
             batch.rows.num_rows,
             batch.rejects.num_rows,
             batch.message_bytes,
-            _utc(pc.min(published).as_py()) if batch.rows.num_rows else None,
-            _utc(pc.max(published).as_py()) if batch.rows.num_rows else None,
+            pc.min(published).as_py() if batch.rows.num_rows else None,
+            pc.max(published).as_py() if batch.rows.num_rows else None,
             max((_utc(t) for t in stamps if t is not None), default=None),
             batch.stream,
         )

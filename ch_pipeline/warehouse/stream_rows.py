@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ch_pipeline.warehouse.landing import message_bytes
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
 
 STREAM_SCHEMA = arrow_schema(STREAM_COLUMNS)
@@ -297,8 +298,7 @@ class StreamBatchBuilder:
 
     def add_raw(self, raw: pa.Table) -> None:
         """Add messages already in an Arrow table in ``RAW_SCHEMA`` (``raw_messages_table``)."""
-        self.bytes += pc.sum(pc.binary_length(raw.column("value"))).as_py() or 0
-        self.bytes += pc.sum(pc.binary_length(raw.column("kafka_key"))).as_py() or 0
+        self.bytes += message_bytes(raw)
         self._pending.append(self._worker.submit(self._parse_chunk, raw, self.stream_partition, self.ingested_at))
         self._parsed = None
         if len(self._pending) > MAX_QUEUED_CHUNKS:  # the read waits for the parser: bounded memory
