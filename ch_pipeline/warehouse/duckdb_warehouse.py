@@ -37,9 +37,9 @@ def parse_query(stream: StreamSpec) -> str:
     """The parse of one raw chunk (table ``raw_messages``) of ``stream``: every message's error (NULL
     for a landing row), its landing-row fields with ``raw_event``, and its reject-row fields."""
     from ch_pipeline.warehouse.envelope_rows import envelope_query
-    from ch_pipeline.warehouse.stream_rows import PARSE_WITH_RAW_EVENT
+    from ch_pipeline.warehouse.stream_rows import parse_query as companies_query
 
-    return PARSE_WITH_RAW_EVENT if stream.name == COMPANIES else envelope_query(stream, raw_event=True)
+    return companies_query(raw_event=True) if stream.name == COMPANIES else envelope_query(stream, raw_event=True)
 
 
 def drop_repeats_sql(table: str) -> str:

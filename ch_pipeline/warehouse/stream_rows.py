@@ -8,7 +8,7 @@ its bytes (base64) and the error, so it can be inspected and replayed.
 The parsing is one SQL query over an Arrow table of raw messages: its JSON reader is C++ and
 releases the GIL, so a chunk is parsed while the next one is read (docs/architecture.md §11). The
 same query serves both warehouses: DuckDB runs it inside its landing transaction, straight into the
-file (``PARSE_WITH_RAW_EVENT``, ``DuckDBWarehouse.land_messages``); for BigQuery an in-memory DuckDB
+file (``parse_query(raw_event=True)``, ``DuckDBWarehouse.land_messages``); for BigQuery an in-memory DuckDB
 runs it and its Arrow output is loaded (``StreamBatchBuilder``).
 
 Decisions: every ``event.type`` other than ``changed``/``deleted`` is rejected (dbt's accepted
@@ -153,10 +153,15 @@ CASE
   ELSE 'neither a Companies House event (no ''event'') nor a flat record (no ''company_number''/''published_at'')'
 END"""
 
-# One streaming pass: every message's error (NULL for a good one), its stream-row fields and its
-# reject-row fields; Arrow then splits the two. TRY_CAST: the fields of rejected rows are computed
-# too and must not raise. The comment ``/*raw_event*/`` marks where ``PARSE_WITH_RAW_EVENT`` adds its column.
-_PARSE_TEMPLATE = f"""
+
+def parse_query(raw_event: bool = False) -> str:
+    """One streaming pass: every message's error (NULL for a good one), its stream-row fields and its
+    reject-row fields; Arrow then splits the two. TRY_CAST: the fields of rejected rows are computed
+    too and must not raise. ``raw_event``: also the message text (the decoded bytes, exactly as
+    received) as ``raw_event``, for a warehouse that parses straight into its landing table
+    (``DuckDBWarehouse.land_messages``), like ``envelope_rows.envelope_query``."""
+    raw_event_column = ",\n  text AS raw_event" if raw_event else ""
+    return f"""
 WITH decoded AS (
   SELECT *, TRY(decode(value)) AS text FROM raw_messages
 ), typed AS (
@@ -195,15 +200,12 @@ SELECT
   kafka_partition, kafka_offset, CAST(kafka_timestamp AS TIMESTAMPTZ) AS kafka_timestamp,
   $stream_partition AS stream_partition, CAST($ingested_at AS TIMESTAMPTZ) AS ingested_at,
   CASE WHEN error IS NOT NULL THEN base64(kafka_key) END AS kafka_key,
-  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64/*raw_event*/
+  CASE WHEN error IS NOT NULL THEN base64(value) END AS raw_value_base64{raw_event_column}
 FROM parsed
 """
 
 
-_PARSE = _PARSE_TEMPLATE
-# The same pass with the message text as ``raw_event`` (the decoded bytes, exactly as received), for a
-# warehouse that parses straight into its landing table (``DuckDBWarehouse.land_messages``).
-PARSE_WITH_RAW_EVENT = _PARSE_TEMPLATE.replace("/*raw_event*/", ",\n  text AS raw_event")
+_PARSE = parse_query()
 
 
 def _binary_array(items: list[bytes | None]) -> pa.Array:
