@@ -57,6 +57,19 @@ PROBE_TIMEOUT_SECONDS = 5.0
 # costs the run its lag metadata, never the landing.
 LAG_PROBE_TIMEOUT_SECONDS = 5.0
 
+# A sensor cuts no new landing while this many runs of its job are queued or running: at a short
+# interval a steady stream would otherwise queue a run per tick faster than the duckdb pool serves them
+# (each ~8 s of landing and dbt build). Two: one in the pool while the next one starts up beside it.
+# The next tick's landing takes everything since, in one run (docs/architecture.md §11).
+MAX_RUNS_IN_FLIGHT = 2
+IN_FLIGHT_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
 # The run tag naming a landing's offset ranges: filter the Runs page by it to find who landed an offset.
 OFFSETS_TAG = "ch/offsets"
 
@@ -174,6 +187,11 @@ def landing_requests(batches: list, asset_name: str, build: bool) -> list[dg.Run
     return [landing_request(format_partition_key(b), asset_name, landing_only=not build or i < last) for i, b in enumerate(batches)]
 
 
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> int:
+    """How many runs of ``job_name`` are queued or running (retries included: they are runs of the job)."""
+    return instance.get_runs_count(dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT_STATUSES))
+
+
 def landing_metadata(batch: LandingSummary) -> dict[str, dg.MetadataValue]:
     metadata: dict[str, dg.MetadataValue] = {
         "dagster/row_count": dg.MetadataValue.int(batch.rows),
@@ -216,11 +234,13 @@ def build_kafka_sensor(
     retention_hours: int = DEFAULT_STREAM_RETENTION_HOURS,
     watch_interval_seconds: float = WATCH_INTERVAL_SECONDS,
     build_ready=None,  # (instance) -> bool, for a job that also builds what the landing feeds
+    max_runs_in_flight: int = MAX_RUNS_IN_FLIGHT,
 ) -> dg.SensorDefinition:
     """The sensor that turns new Kafka offsets of ``stream``'s topic into runs of ``job`` (which lands
     them into ``stream.landing_table``); named ``stream.kafka_sensor``.
     When ``build_ready`` says so, a tick's last run also builds the rest of ``job`` (the companies
-    core); otherwise every run is the landing alone.
+    core); otherwise every run is the landing alone. While ``max_runs_in_flight`` runs of ``job`` are
+    queued or running, a tick cuts nothing (its cursor stays): the next one lands everything since.
 
     At most once per ``watch_interval_seconds`` it also reports the stream's watches on its topic
     asset, from the same probe (``defs.watch``): lag and replay window against ``retention_hours``."""
@@ -257,6 +277,13 @@ def build_kafka_sensor(
                     "was the topic recreated? Reset the sensor cursor to land the new messages"
                 )
         batches = cut_batches(starts, ends, max_batch_messages)
+        in_flight = runs_in_flight(context.instance, job.name) if batches else 0
+        if in_flight >= max_runs_in_flight:
+            return dg.SensorResult(
+                skip_reason=f"{in_flight} runs of {job.name} queued or running: the next tick lands the new messages",
+                cursor=write_cursor({**cursor, **starts}),
+                asset_events=watched,
+            )
         if not batches:
             return dg.SensorResult(
                 skip_reason=f"no new messages in {topic} (next offsets {write_cursor(starts)})",

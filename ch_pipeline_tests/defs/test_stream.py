@@ -12,8 +12,17 @@ import dagster as dg
 import duckdb
 import pytest
 
+from dagster._core.test_utils import create_run_for_test
+
 from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import OFFSETS_TAG, build_kafka_sensor, company_house_stream, landing_run_config
+
+from ch_pipeline.defs.stream import (
+    OFFSETS_TAG,
+    build_kafka_sensor,
+    company_house_stream,
+    company_house_stream_job,
+    landing_run_config,
+)
 from ch_pipeline.kafka.broker import free_port
 from ch_pipeline.kafka.offsets import parse_partition_key
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, REJECTS_TABLE, STREAM_TABLE, duckdb_ddl
@@ -127,6 +136,31 @@ def test_a_250k_backlog_becomes_three_contiguous_partitions(instance, kafka):
     again = tick(build_kafka_sensor(max_batch_messages=100_000), instance, kafka, cursor=result.cursor)
     assert not again.run_requests and "no new messages" in again.skip_reason.skip_message
     assert json.loads(again.cursor) == json.loads(result.cursor)
+
+
+def test_while_two_runs_of_the_job_are_in_flight_a_tick_cuts_nothing_and_the_next_one_takes_everything(instance, kafka):
+    """The back-pressure of a short interval: a steady stream must not queue a run per tick faster than
+    the duckdb pool serves them; what a skipped tick would have cut is landed by the next one."""
+    sensor = build_kafka_sensor()
+    job_name = company_house_stream_job.name
+    produce_filler(kafka.bootstrap_servers, kafka.topic, {0: 30, 1: 20}, size=20)
+    first = tick(sensor, instance, kafka, cursor=None)
+    assert [r.run_key for r in first.run_requests] == ["p0:0-29,p1:0-19"]
+    in_flight = [create_run_for_test(instance, job_name=job_name, status=s) for s in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED)]
+    # Another job's runs do not count, nor do runs that have ended.
+    create_run_for_test(instance, job_name="other_job", status=dg.DagsterRunStatus.STARTED)
+    create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.SUCCESS)
+
+    produce_filler(kafka.bootstrap_servers, kafka.topic, {0: 5, 1: 5}, size=20)
+    held = tick(sensor, instance, kafka, cursor=first.cursor)
+    assert not held.run_requests and f"2 runs of {job_name} queued or running" in held.skip_reason.skip_message
+    assert json.loads(held.cursor) == json.loads(first.cursor)
+
+    produce_filler(kafka.bootstrap_servers, kafka.topic, {0: 5, 1: 5}, size=20)
+    instance.report_run_failed(in_flight[1])  # one ended: one run may start beside the other
+    resumed = tick(sensor, instance, kafka, cursor=held.cursor)
+    assert [r.run_key for r in resumed.run_requests] == ["p0:30-39,p1:20-29"]
+    assert json.loads(resumed.cursor) == {"0": 40, "1": 30}
 
 
 def test_kafka_partitions_unknown_to_the_cursor_are_picked_up(instance, broker, topic_name):
