@@ -108,6 +108,16 @@ def test_rejects_spanning_many_vectors_and_chunks_all_land_once(tmp_path):
     assert (summary.rows, summary.rejects) == (0, 9000) and len({(r[0], r[1]) for r in rejects}) == 9000
 
 
+def test_a_landing_leaves_the_databases_settings_as_they_were(tmp_path):
+    """The landing runs DuckDB on one thread; the setting is the database's, which another connection
+    of the process shares."""
+    messages, ranges = corpus_messages()
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as other:
+        [(threads,)] = other.execute("SELECT current_setting('threads')").fetchall()
+        DuckDBWarehouse(tmp_path / "w.duckdb").land_messages(format_partition_key(ranges), ranges, raw_chunks(messages), INGESTED)
+        assert other.execute("SELECT current_setting('threads')").fetchall() == [(threads,)]
+
+
 def landed_once(tmp_path):
     """A warehouse with the corpus landed: (warehouse, its messages, their ranges and key, the rows)."""
     warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
