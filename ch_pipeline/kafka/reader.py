@@ -54,9 +54,10 @@ def read_ranges(
         _check_retained(consumer, topic, ranges, timeout)
         consumer.assign([TopicPartition(topic, r.partition, r.first) for r in ranges])
         pending = set(by_partition)
+        next_offset = {r.partition: r.first for r in ranges}
         deadline = time.monotonic() + timeout
         while pending:
-            batch = consumer.consume(num_messages=chunk, timeout=0.5)
+            batch = consumer.consume(num_messages=_batch_size(chunk, by_partition, next_offset, pending), timeout=0.5)
             messages: list[Message] = []
             for message in batch:
                 error = message.error()
@@ -70,6 +71,7 @@ def read_ranges(
                     offset = message.offset()
                     if partition in pending and offset <= wanted.last:
                         messages.append(message)
+                        next_offset[partition] = offset + 1
                     if offset >= wanted.last:
                         pending.discard(partition)
                 elif message.offset() > wanted.last:
@@ -90,6 +92,15 @@ def read_ranges(
                 consumer.pause([TopicPartition(topic, p) for p in done])  # stop fetching past a finished range
     finally:
         consumer.close()
+
+
+def _batch_size(chunk: int, by_partition: dict[int, OffsetRange], next_offset: dict[int, int], pending: set[int]) -> int:
+    """How many messages to ask ``consume`` for: a chunk, or fewer when fewer are still missing. A
+    batch returns early only once it is full, so asking for more than the range still holds makes
+    the read of its last messages wait out the whole consume timeout. Offsets that never arrive
+    (transaction markers, compaction) only make this an upper bound: the next call asks again."""
+    missing = sum(by_partition[p].last - next_offset[p] + 1 for p in pending)
+    return max(1, min(chunk, missing))
 
 
 def _check_retained(consumer: Consumer, topic: str, ranges: Sequence[OffsetRange], timeout: float) -> None:

@@ -1,9 +1,9 @@
 """The DuckDB warehouse (local default): one file, landed in one transaction.
 
-A landing parses its raw Kafka chunks straight into the file (``land_messages``): each chunk is one
-``INSERT ... SELECT <parse> FROM <Arrow chunk>`` in the open landing transaction, so memory is bounded
-by a chunk and DuckDB's own row-group buffer, never the whole range, and the read of the next chunk
-overlaps the parse and write of this one (docs/architecture.md §11).
+A landing parses its raw Kafka chunks straight into the file (``land_messages``): one
+``INSERT ... SELECT <parse> FROM <Arrow stream of the chunks>`` in the open landing transaction, so
+memory is bounded by a chunk and DuckDB's own row-group buffer, never the whole range, and the read of
+the next chunk overlaps the parse and write of this one (docs/architecture.md §11).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ch_pipeline.companies_house.bulk_csv import DATE_FORMAT
 from ch_pipeline.warehouse.bulk_cleaning import Dialect, load_cleaned, staging_columns
@@ -115,15 +117,105 @@ def load_duckdb(
     return rows
 
 
-def _execute_over(con: duckdb.DuckDBPyConnection, raw: pa.Table, sql: str, params: dict) -> list[tuple]:
-    """Run ``sql`` with ``raw`` as the table ``raw_messages``. Registered as a stream of its batches: a
-    registered Arrow table stays referenced until the transaction ends (every chunk of a landing
-    held in memory at once), a consumed stream of batches does not."""
-    con.register("raw_messages", pa.RecordBatchReader.from_batches(raw.schema, iter(raw.to_batches())))
+@contextmanager
+def _single_threaded(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """DuckDB on one thread for the block. A landing's source is one stream of batches: a second
+    thread only makes the insert buffer a second batch's rows (peak RSS landing 100k messages
+    ~415-455 -> ~400 MiB) and takes the core the Kafka read needs. The setting is the database's,
+    shared by every connection the process has open on the file: back to the default after."""
+    con.execute("SET threads = 1")
     try:
-        return con.execute(sql, params).fetchall()
+        yield
     finally:
-        con.unregister("raw_messages")
+        con.execute("RESET threads")
+
+
+class _RawStream:
+    """A landing's raw chunks as one Arrow stream, so one statement parses them all (planning the
+    parse costs about as much as parsing 2,000 messages: once per landing, not once per chunk). It
+    counts what it hands over, and keeps the read's own error: DuckDB reports it as its own."""
+
+    def __init__(self, chunks: Iterable[pa.Table]) -> None:
+        self._chunks = chunks
+        self.messages = 0
+        self.bytes = 0
+        self.error: BaseException | None = None
+
+    def reader(self) -> pa.RecordBatchReader:
+        from ch_pipeline.warehouse.stream_rows import RAW_SCHEMA
+
+        # A stream, not a table: a registered table stays referenced until the transaction ends.
+        return pa.RecordBatchReader.from_batches(RAW_SCHEMA, self._batches())
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for raw in self._chunks:
+                self.messages += raw.num_rows
+                self.bytes += message_bytes(raw)
+                yield from raw.to_batches()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+class _RejectStash:
+    """The reject rows of the landing statement, set aside as it runs: an INSERT writes one table, so
+    the parse's rejects leave it through this filter function (``stash``), which DuckDB calls with the
+    reject-row columns of the rows whose ``error`` is set. It answers false: it keeps them out of the
+    landing table, and nothing else."""
+
+    def __init__(self) -> None:
+        self._tables: list[pa.Table] = []
+        self.rows = 0
+
+    def stash(self, kafka_partition, kafka_offset, kafka_timestamp, kafka_key, raw_value_base64, error, stream_partition, ingested_at):
+        """Arrow arrays of ``REJECT_COLUMNS``, in order (DuckDB takes the parameter count from the signature)."""
+        columns = [kafka_partition, kafka_offset, kafka_timestamp, kafka_key, raw_value_base64, error, stream_partition, ingested_at]
+        batch = pa.table(columns, names=_REJECT_NAMES)
+        rejects = batch.filter(pc.is_valid(batch.column("error")))  # the filter may hand over landing rows too
+        if rejects.num_rows:
+            self._tables.append(rejects)
+            self.rows += rejects.num_rows
+        return pa.array(np.zeros(batch.num_rows, np.bool_))
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables(self._tables)
+
+
+_REJECT_NAMES = [c.name for c in REJECT_COLUMNS]
+_STASH_FUNCTION = "stash_reject"
+
+
+def _landing_insert(stream: StreamSpec) -> str:
+    """One statement for a whole landing: every parsed message whose ``error`` is NULL into the
+    landing table, the others through ``_RejectStash`` (OR evaluates it for those rows only)."""
+    names = ", ".join(c.name for c in landing_columns(stream))
+    return (
+        f"INSERT INTO {stream.landing_table} ({names}) SELECT {names} FROM ({parse_query(stream)})\n"
+        f"WHERE error IS NULL OR {_STASH_FUNCTION}({', '.join(_REJECT_NAMES)})"
+    )
+
+
+def _register_stash(con: duckdb.DuckDBPyConnection, stash: _RejectStash) -> None:
+    types = [duckdb.sqltype(c.duckdb_type) for c in REJECT_COLUMNS]
+    # side_effects: DuckDB must call it for every row it filters, never fold or skip it.
+    con.create_function(
+        _STASH_FUNCTION, stash.stash, types, duckdb.sqltype("BOOLEAN"), type="arrow", null_handling="special", side_effects=True
+    )
+
+
+def _execute_reading(con: duckdb.DuckDBPyConnection, raw: _RawStream, sql: str, params: dict) -> list[tuple]:
+    """Run ``sql`` with ``raw`` as the table ``raw_messages``; a failed read raises its own error."""
+    con.register("raw_messages", raw.reader())
+    try:
+        result = con.execute(sql, params).fetchall()
+    except duckdb.Error:
+        if raw.error is not None:
+            raise raw.error
+        raise
+    # Not on failure: an aborted transaction refuses it, and closing the connection drops the view.
+    con.unregister("raw_messages")
+    return result
 
 
 class DuckDBWarehouse:
@@ -157,29 +249,24 @@ class DuckDBWarehouse:
         deletes the rows at ``ranges``: the previous state stays until COMMIT, whatever fails (the
         read included: ``chunks`` is consumed inside the transaction)."""
         predicate = offsets_predicate(ranges)
-        query = parse_query(stream)
         params = {"stream_partition": stream_partition, "ingested_at": ingested_at}
-        tables = ((stream.landing_table, landing_columns(stream), "IS NULL"), (stream.rejects_table, REJECT_COLUMNS, "IS NOT NULL"))
-        inserts = [
-            f"INSERT INTO {table} ({names}) SELECT {names} FROM ({query}) WHERE error {test}"
-            for table, columns, test in tables
-            for names in [", ".join(c.name for c in columns)]
-        ]
-        counts, total_bytes = [0, 0], 0
-        with connect(self.path) as con:
+        raw, stash = _RawStream(chunks), _RejectStash()
+        reject_names = ", ".join(_REJECT_NAMES)
+        with connect(self.path) as con, _single_threaded(con):
             create_stream_tables(con, stream)
             con.execute("SET TimeZone = 'UTC'")  # the parse's: published_at without an offset is UTC
+            _register_stash(con, stash)
             con.begin()
             try:
-                for table, _, _ in tables:
+                for table in (stream.landing_table, stream.rejects_table):
                     con.execute(f"DELETE FROM {table} WHERE {predicate}")
-                for raw in chunks:
-                    [(landed,)] = _execute_over(con, raw, inserts[0], params)
-                    counts[0] += landed
-                    if landed < raw.num_rows:  # some rejects (usually none: one parse per chunk then)
-                        [(rejected,)] = _execute_over(con, raw, inserts[1], params)
-                        counts[1] += rejected
-                    total_bytes += message_bytes(raw)
+                [(rows,)] = _execute_reading(con, raw, _landing_insert(stream), params)
+                if stash.rows:
+                    con.register("landing_rejects", stash.table())
+                    con.execute(f"INSERT INTO {stream.rejects_table} ({reject_names}) SELECT {reject_names} FROM landing_rejects")
+                    con.unregister("landing_rejects")
+                if rows + stash.rows != raw.messages:  # every message in exactly one table, or nothing lands
+                    raise RuntimeError(f"{stream_partition}: {raw.messages} messages read, {rows} rows + {stash.rows} rejects parsed")
                 [(first, last, newest_row)] = con.execute(
                     f"SELECT min(published_at), max(published_at), max(kafka_timestamp) FROM {stream.landing_table} WHERE {predicate}"
                 ).fetchall()
@@ -189,7 +276,7 @@ class DuckDBWarehouse:
                 con.rollback()
                 raise
         newest = max((t for t in (newest_row, newest_reject) if t is not None), default=None)
-        return LandingSummary(stream_partition, ranges, counts[0], counts[1], total_bytes, first, last, newest, stream)
+        return LandingSummary(stream_partition, ranges, rows, stash.rows, raw.bytes, first, last, newest, stream)
 
     def land(self, batch: LandingBatch) -> None:
         predicate = offsets_predicate(batch.ranges)

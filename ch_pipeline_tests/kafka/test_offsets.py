@@ -16,7 +16,7 @@ from ch_pipeline.kafka.offsets import (
     parse_partition_key,
     probe_offsets,
 )
-from ch_pipeline.kafka.reader import RangeNotAvailable, read_ranges
+from ch_pipeline.kafka.reader import RangeNotAvailable, _batch_size, read_ranges
 from ch_pipeline_tests.support.kafka import assert_contiguous
 from ch_pipeline_tests.warehouse.messages import produce_filler
 
@@ -89,6 +89,25 @@ def test_reader_returns_exactly_the_ranges(broker, topic_name):
     seen = [(m.partition(), m.offset()) for chunk in read_ranges(config, topic_name, ranges, chunk=64) for m in chunk]
     assert sorted(seen) == [(0, o) for o in range(100, 250)] + [(1, o) for o in range(300)]
     assert len(seen) == len(set(seen))
+
+
+def test_reader_asks_for_no_more_than_the_ranges_still_miss():
+    """A consume asked for more messages than remain waits out its whole timeout for the rest."""
+    ranges = {0: OffsetRange(0, 100, 249), 1: OffsetRange(1, 0, 299)}
+    assert _batch_size(64, ranges, {0: 100, 1: 0}, {0, 1}) == 64
+    assert _batch_size(10_000, ranges, {0: 100, 1: 0}, {0, 1}) == 450
+    assert _batch_size(10_000, ranges, {0: 250, 1: 290}, {1}) == 10
+    # Past the last offset (a range whose last offsets never arrive): still one, until the end-of-partition event.
+    assert _batch_size(10_000, ranges, {0: 250, 1: 300}, {1}) == 1
+
+
+def test_reader_reads_a_range_short_of_the_chunk_and_one_ending_mid_partition(broker, topic_name):
+    broker.create_topic(topic_name, 2)
+    produce_filler(broker.bootstrap_servers, topic_name, {0: 50, 1: 30})
+    config = {"bootstrap.servers": broker.bootstrap_servers}
+    ranges = [OffsetRange(0, 10, 39), OffsetRange(1, 0, 29)]
+    seen = [(m.partition(), m.offset()) for chunk in read_ranges(config, topic_name, ranges) for m in chunk]
+    assert sorted(seen) == [(0, o) for o in range(10, 40)] + [(1, o) for o in range(30)]
 
 
 def test_reader_refuses_a_range_past_the_end(broker, topic_name):

@@ -93,6 +93,31 @@ def test_other_streams_parsed_into_the_file_equal_the_in_memory_path(tmp_path, n
     assert summary == LandingSummary.of_batch(batch) and summary.rejects == 2
 
 
+def test_rejects_spanning_many_vectors_and_chunks_all_land_once(tmp_path):
+    """The rejects leave the landing statement through a filter function, called per DuckDB vector
+    (2,048 rows): thousands of rejects, between and within chunks, each land exactly once."""
+    values = [b"not json", None, b"[1]", b'{"event": {"type": "changed"}}', json.dumps({"event": {}}).encode()]
+    messages = [FakeMessage(i % 2, i // 2, values[i % 5] if i % 1000 else None, None if i % 3 else b"k") for i in range(9000)]
+    ranges = [OffsetRange(p, 0, 4499) for p in (0, 1)]
+    key = format_partition_key(ranges)
+    summary = DuckDBWarehouse(tmp_path / "streamed.duckdb").land_messages(key, ranges, raw_chunks(messages, 3000), INGESTED)
+    batch = parse_batch(key, ranges, raw_chunks(messages, 3000), INGESTED)
+    DuckDBWarehouse(tmp_path / "batch.duckdb").land(batch)
+    rows, rejects = landed(tmp_path / "streamed.duckdb", STREAMS[COMPANIES])
+    assert (rows, rejects) == landed(tmp_path / "batch.duckdb", STREAMS[COMPANIES])
+    assert (summary.rows, summary.rejects) == (0, 9000) and len({(r[0], r[1]) for r in rejects}) == 9000
+
+
+def test_a_landing_leaves_the_databases_settings_as_they_were(tmp_path):
+    """The landing runs DuckDB on one thread; the setting is the database's, which another connection
+    of the process shares."""
+    messages, ranges = corpus_messages()
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as other:
+        [(threads,)] = other.execute("SELECT current_setting('threads')").fetchall()
+        DuckDBWarehouse(tmp_path / "w.duckdb").land_messages(format_partition_key(ranges), ranges, raw_chunks(messages), INGESTED)
+        assert other.execute("SELECT current_setting('threads')").fetchall() == [(threads,)]
+
+
 def landed_once(tmp_path):
     """A warehouse with the corpus landed: (warehouse, its messages, their ranges and key, the rows)."""
     warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")

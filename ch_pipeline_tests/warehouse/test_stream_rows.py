@@ -151,6 +151,11 @@ def test_raw_messages_table_keeps_every_value_key_and_timestamp_exactly():
     assert table.column("kafka_timestamp").to_pylist() == [
         datetime(1970, 1, 1, tzinfo=timezone.utc), None, None, datetime(2024, 5, 1, 9, 0, 0, 123000, tzinfo=timezone.utc)
     ]
+    # A chunk without a null (the common case) takes its own path.
+    without_nulls = raw_messages_table([messages[0], messages[2], messages[3]])
+    assert without_nulls.column("value").to_pylist() == [b"", "é{}".encode(), b"\x00" * 70_000]
+    assert without_nulls.column("kafka_key").to_pylist() == [b"", b"\xff", b"k" * 300]
+    assert without_nulls.column("value").null_count == without_nulls.column("kafka_key").null_count == 0
 
 
 def test_many_chunks_land_every_message_once_in_order():
