@@ -22,7 +22,6 @@ from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.dbt import dbt_resource
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.event_order import Scenario, landing_batch
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
@@ -177,7 +176,7 @@ def test_a_core_in_the_old_shape_keeps_working(old_shape_recording: Recording, r
     assert old_shape_recording.deletions_columns == recording.deletions_columns
 
 
-def test_the_order_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_the_order_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):
     """The same SQL on BigQuery: built from batch 0, rewritten to the old table shape (the columns are
     appended by the next build), then the cross-partition, deletion, re-sent and future cases, then a
     full refresh."""

@@ -22,7 +22,6 @@ import pytest
 from ch_pipeline.companies_house.bulk_csv import write_sample
 from ch_pipeline.defs.dbt import ch_dbt_models, dbt_resource
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import (
     CoreRow,
@@ -214,7 +213,7 @@ def test_every_dbt_test_passes_at_every_step(recording: Recording):
 
 
 def test_a_full_refresh_keeps_the_watermark_on_the_bigquery_emulator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset  # noqa: F811
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset
 ):
     """The same SQL on BigQuery: the rebuild reads the table it replaces (CREATE OR REPLACE ... AS)."""
     for name, value in bigquery_emulator.env(bigquery_dataset).items():
