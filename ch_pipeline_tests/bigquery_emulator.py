@@ -6,9 +6,9 @@ by google-cloud-bigquery and dbt-bigquery. What it supports and refuses is measu
 ``deploy/bigquery-emulator.md`` (no DELETE/UPDATE/transactions, no REQUIRED columns in REST
 schemas, CSV loads only).
 
-Use it from a test module (or a conftest) by importing the fixtures::
-
-    from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
+Its fixtures are registered once, in ``ch_pipeline_tests/conftest.py``: a test asks for
+``bigquery_emulator`` or ``bigquery_dataset`` by name. Do not import them into a test module: a
+session-scoped fixture imported into a module is a new fixture of that module, with its own emulator.
 
 ``python -m ch_pipeline_tests.bigquery_emulator`` only creates the virtualenv (the Makefile's step).
 """

@@ -1,4 +1,8 @@
-"""Shared fixtures: a real Kafka-protocol broker (tansu) for the whole session."""
+"""Shared fixtures: a real Kafka-protocol broker (tansu) for the whole session, and the offline BigQuery
+emulator (``bigquery_emulator``, ``bigquery_dataset``), also one per session.
+
+The emulator's fixtures are registered here, once: a session-scoped fixture imported into each test
+module instead is a separate fixture per module, so each module started its own emulator."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import uuid
 import pytest
 
 from ch_pipeline.kafka.broker import LocalBroker
+from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ import pytest
 from ch_pipeline.companies_house.bulk_csv import BULK_SOURCE_COLUMNS, HEADER, SAMPLE_FILE_DATE as FILE_DATE, BulkFormatError, sample_rows
 from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 
 ROWS = 500
@@ -139,7 +138,7 @@ def test_the_ground_truth_reads_by_name(tmp_path: Path):
         assert next(csv.reader(stream))[0] == HEADER[-1]
 
 
-def test_bigquery_loads_a_quoted_reordered_header_with_extra_columns(tmp_path: Path, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_bigquery_loads_a_quoted_reordered_header_with_extra_columns(tmp_path: Path, bigquery_emulator, bigquery_dataset):
     order = list(range(len(HEADER)))
     random.Random(8).shuffle(order)
     header, rows = reshaped(order, extra={2: "Notes"})

@@ -21,7 +21,6 @@ from ch_pipeline.defs.resources import WarehouseResource
 from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import load_duckdb
 from ch_pipeline.warehouse.schema import BULK_COLUMNS
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
 
 # Rows the generator does not produce: every odd spelling the published file has.
@@ -148,7 +147,7 @@ def test_the_asset_generates_a_sample_when_nothing_is_configured(tmp_path: Path,
         assert con.execute("select count(*) from company_house_stream").fetchall() == [(0,)]
 
 
-def test_bigquery_load_job_gives_the_same_rows(bulk_file: Path, tmp_path: Path, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_bigquery_load_job_gives_the_same_rows(bulk_file: Path, tmp_path: Path, bigquery_emulator, bigquery_dataset):
     client = bigquery_emulator.client()
     rows = load_bigquery(client, bigquery_dataset, str(bulk_file), FILE_DATE, progress=lambda _: None)
     table = client.query(f"select * from `{bigquery_emulator.project}.{bigquery_dataset}.company_house_bulk`").result()

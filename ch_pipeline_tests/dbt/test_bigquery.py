@@ -18,7 +18,6 @@ from ch_pipeline.kafka.offsets import OffsetRange
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, arrow_schema
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE, STREAM_DBT_MODELS
 from ch_pipeline_tests.dbt.history import History, expected_core, parse_bulk_csv, stream_rows
 
@@ -57,7 +56,7 @@ def read_core(client, table: str) -> dict:
     }
 
 
-def test_dbt_builds_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_dbt_builds_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):
     for name, value in bigquery_emulator.env(bigquery_dataset).items():
         monkeypatch.setenv(name, value)
     client = bigquery_emulator.client()

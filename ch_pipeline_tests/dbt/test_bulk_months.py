@@ -13,11 +13,10 @@ import pytest
 
 from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.bulk_months import File, Truth, sequence
 from ch_pipeline_tests.dbt.conftest import configure_environment
 from ch_pipeline_tests.dbt.event_order import landing_batch
-from ch_pipeline_tests.dbt.test_event_order import dbt_build
+from ch_pipeline_tests.dbt.test_event_order import core_build
 
 FILE_DATES = [date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)]
 
@@ -35,7 +34,7 @@ def run_sequence(warehouse, folder: Path, core, reconciled) -> list[tuple[str, d
             warehouse.land(landing_batch(step.messages, f"months-{index}"))
             truth.take_events(step.messages)
             name = f"step {index}: {len(step.messages)} events"
-        dbt_build()
+        core_build()
         seen.append((name, core(), truth.core()))
     assert reconciled() == FILE_DATES
     return seen
@@ -72,7 +71,7 @@ def test_three_months_on_duckdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert end["B"] == ("B BACK", "active") and "H" not in end and end["A"] == ("A NOV EVENT", "active")
 
 
-def test_three_months_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_three_months_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):
     for name, value in bigquery_emulator.env(bigquery_dataset).items():
         monkeypatch.setenv(name, value)
     client = bigquery_emulator.client()

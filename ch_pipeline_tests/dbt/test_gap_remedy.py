@@ -31,7 +31,7 @@ from ch_pipeline.demo_verdict import COMPARED_COLUMNS, expected_core, normalise
 from ch_pipeline_tests.dbt.bulk_months import write_register
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.dbt.history import parse_bulk_csv
-from ch_pipeline_tests.dbt.test_event_order import dbt_build
+from ch_pipeline_tests.dbt.test_event_order import core_build
 from ch_pipeline_tests.support.producer import producer_env, wait_for_checkpoint
 
 PARTITIONS = 2
@@ -78,7 +78,7 @@ def test_the_remedy_printed_on_416_fills_the_gap(broker, topic_name: str, tmp_pa
         assert first.returncode == 0, first.stderr
         delivered = json.loads(checkpoint.read_text())["timepoint"]
     land_the_topic(broker.bootstrap_servers, topic_name, db)
-    dbt_build()
+    core_build()
 
     # Away longer than the stream keeps: only the last 50 events can be resumed from, so the next start gets 416.
     with ReplayServer(events=200, seed=41, retain=50, port=port, heartbeat_interval=0.2) as server:
@@ -94,7 +94,7 @@ def test_the_remedy_printed_on_416_fills_the_gap(broker, topic_name: str, tmp_pa
         restarted.send_signal(signal.SIGTERM)
         assert restarted.wait(timeout=60) == 0, restarted.stdout.read()
     land_the_topic(broker.bootstrap_servers, topic_name, db)
-    dbt_build()
+    core_build()
     truth = {number: normalise(row) for number, row in expected_core(bulk_rows, served).items()}
     in_kafka = [e for e in served if timepoint_of(e) <= delivered or timepoint_of(e) > server.timepoints[-1] - 50]
     gap = [e for e in served if e not in in_kafka]
@@ -113,5 +113,5 @@ def test_the_remedy_printed_on_416_fills_the_gap(broker, topic_name: str, tmp_pa
     argv = [part.replace("YYYY-MM-01", file_date.isoformat()) for part in commands["dagster"]]
     loaded = subprocess.run([BIN / argv[0], *argv[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    dbt_build()  # the automation's next build (warehouse-side: a newer file in the bulk table is reconciled)
+    core_build()  # the automation's next build (warehouse-side: a newer file in the bulk table is reconciled)
     assert core_rows(db) == truth

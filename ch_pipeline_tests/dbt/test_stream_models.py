@@ -31,7 +31,6 @@ from ch_pipeline.kafka.offsets import OffsetRange
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.stream_rows import RAW_SCHEMA, parse_raw_messages
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.dbt.conftest import configure_environment, load_bulk
 from ch_pipeline_tests.dbt.stream_landing import (
     DATE_FIELDS,
@@ -292,7 +291,7 @@ def test_the_dbt_catalogue_lists_the_streams_row_fields():
     assert set(STREAMS) - {"companies"} == {spec.name for spec in specs().values()}
 
 
-def test_the_stream_models_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_the_stream_models_on_the_bigquery_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator, bigquery_dataset):
     """The same SQL on BigQuery: both builds of every stream model equal the truth, and the overview."""
     from ch_pipeline.warehouse.bigquery_warehouse import BigQueryWarehouse, load_bigquery
     from ch_pipeline_tests.dbt.conftest import BASELINE_FILE_DATE

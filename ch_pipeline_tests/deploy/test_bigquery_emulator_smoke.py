@@ -14,7 +14,6 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 
 SCHEMA = [
     bigquery.SchemaField("company_number", "STRING"),
@@ -52,13 +51,13 @@ def rows(client: bigquery.Client, sql: str) -> list[tuple]:
 
 
 @pytest.fixture
-def client(bigquery_emulator):  # noqa: F811
+def client(bigquery_emulator):
     bq = bigquery_emulator.client()
     yield bq
     bq.close()
 
 
-def test_dataset_table_and_csv_load_round_trip(client, bigquery_dataset):  # noqa: F811
+def test_dataset_table_and_csv_load_round_trip(client, bigquery_dataset):
     table = f"{client.project}.{bigquery_dataset}.staging"
     client.create_table(bigquery.Table(table, schema=SCHEMA))
     assert [t.table_id for t in client.list_tables(bigquery_dataset)] == ["staging"]
@@ -74,14 +73,14 @@ def test_dataset_table_and_csv_load_round_trip(client, bigquery_dataset):  # noq
     assert client.get_table(table).num_rows == 5
 
 
-def test_write_truncate_replaces_the_table(client, bigquery_dataset):  # noqa: F811
+def test_write_truncate_replaces_the_table(client, bigquery_dataset):
     table = f"{client.project}.{bigquery_dataset}.staging"
     load_csv(client, table, CSV, "WRITE_TRUNCATE")
     load_csv(client, table, CSV, "WRITE_TRUNCATE")
     assert rows(client, f"SELECT count(*) FROM `{table}`") == [(5,)]
 
 
-def test_script_replaces_one_partition_idempotently(client, bigquery_dataset):  # noqa: F811
+def test_script_replaces_one_partition_idempotently(client, bigquery_dataset):
     """DDL + CSV staging + one MERGE ... ON FALSE: the partition-replace that needs no DELETE or transaction."""
     ds = bigquery_dataset
     staging = f"{client.project}.{ds}.staging"
@@ -106,7 +105,7 @@ def test_script_replaces_one_partition_idempotently(client, bigquery_dataset):  
     assert sorted(rows(client, replace_p1)) == [("p0", 2), ("p1", 3)]
 
 
-def test_merge_upserts_by_key(client, bigquery_dataset):  # noqa: F811
+def test_merge_upserts_by_key(client, bigquery_dataset):
     ds = bigquery_dataset
     load_csv(client, f"{client.project}.{ds}.staging", CSV, "WRITE_TRUNCATE")
     client.query(f"CREATE TABLE `{ds}.core` AS SELECT company_number, company_name FROM `{ds}.staging` WHERE kafka_offset < 2").result()
@@ -131,7 +130,7 @@ def test_merge_upserts_by_key(client, bigquery_dataset):  # noqa: F811
     ],
     ids=["delete", "update", "transaction"],
 )
-def test_documented_refusals_still_hold(client, bigquery_dataset, statement):  # noqa: F811
+def test_documented_refusals_still_hold(client, bigquery_dataset, statement):
     """deploy/bigquery-emulator.md says these are refused; if a new emulator accepts them, update the notes."""
     load_csv(client, f"{client.project}.{bigquery_dataset}.staging", CSV, "WRITE_TRUNCATE")
     with pytest.raises(gexc.BadRequest, match="Not supported by Crucible"):
@@ -139,7 +138,7 @@ def test_documented_refusals_still_hold(client, bigquery_dataset, statement):  #
     assert rows(client, f"SELECT count(*) FROM `{bigquery_dataset}.staging`") == [(5,)]
 
 
-def test_streaming_inserts_are_not_served(client, bigquery_dataset):  # noqa: F811
+def test_streaming_inserts_are_not_served(client, bigquery_dataset):
     table = f"{client.project}.{bigquery_dataset}.staging"
     client.create_table(bigquery.Table(table, schema=SCHEMA))
     with pytest.raises(gexc.GoogleAPICallError):

@@ -29,10 +29,12 @@ from ch_pipeline.warehouse.bigquery_warehouse import load_bigquery
 from ch_pipeline.warehouse.duckdb_warehouse import connect, create_stream_tables
 from ch_pipeline.warehouse.landing import LandingBatch
 from ch_pipeline.warehouse.schema import BULK_TABLE, REJECT_COLUMNS, STREAM_COLUMNS, arrow_schema
-from ch_pipeline_tests.bigquery_emulator import BigQueryEmulator, bigquery_dataset, bigquery_emulator  # noqa: F401
+from ch_pipeline_tests.bigquery_emulator import BigQueryEmulator
 from ch_pipeline_tests.dbt.history import Event, History, expected_core, parse_bulk_csv, read_core, read_watermark
 
-BULK_COMPANIES = 2_000
+# Enough for the history (its first batch changes or deletes 530 bulk companies); the emulator loads
+# ~7 ms a row, so each thousand more cost ~7 s.
+BULK_COMPANIES = 1_000
 CORE_COLUMNS = "company_number, company_name, company_status, date_of_creation, postal_code, month_of_creation"
 
 
@@ -42,7 +44,7 @@ def bulk_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def warehouses(bigquery_emulator: BigQueryEmulator, bigquery_dataset: str, tmp_path: Path, monkeypatch):  # noqa: F811
+def warehouses(bigquery_emulator: BigQueryEmulator, bigquery_dataset: str, tmp_path: Path, monkeypatch):
     """The BigQuery (emulator) and DuckDB warehouses, with the dbt profile's two targets pointed at them."""
     duckdb_path = tmp_path / "warehouse.duckdb"
     for name, value in bigquery_emulator.env(bigquery_dataset).items():

@@ -24,7 +24,6 @@ from ch_pipeline.warehouse.envelope_rows import envelope_parser
 from ch_pipeline.warehouse.landing import LandingBatch, TimepointCoverage
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, STREAM_COLUMNS, STREAM_TABLE, arrow_schema, landing_columns
 from ch_pipeline.warehouse.stream_rows import StreamBatchBuilder
-from ch_pipeline_tests.bigquery_emulator import bigquery_dataset, bigquery_emulator  # noqa: F401
 from ch_pipeline_tests.warehouse.messages import corpus
 from ch_pipeline_tests.support.kafka import FakeMessage
 
@@ -82,7 +81,7 @@ def test_csv_round_trips_every_value_and_flags_line_breaks(tmp_path):
     assert has_line_breaks(pa.table({"company_name": ["A\nB"]}))
 
 
-def test_landing_on_the_bigquery_emulator_is_idempotent(bigquery_emulator, bigquery_dataset, tmp_path):  # noqa: F811
+def test_landing_on_the_bigquery_emulator_is_idempotent(bigquery_emulator, bigquery_dataset, tmp_path):
     messages = corpus(600, partitions=1, malformed=15, flat=15, duplicates=5)
     ranges = [OffsetRange(0, 0, 599)]
     batch = built_batch(messages, ranges)
@@ -112,7 +111,7 @@ def test_landing_on_the_bigquery_emulator_is_idempotent(bigquery_emulator, bigqu
 
 
 def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_emulator(
-    bigquery_emulator, bigquery_dataset, tmp_path  # noqa: F811
+    bigquery_emulator, bigquery_dataset, tmp_path
 ):
     """PSCs: JSON lists (natures_of_control) and names with commas go through the CSV load unchanged,
     and BigQuery holds what DuckDB holds for the same batch; both see the same timepoint gap."""
@@ -149,7 +148,7 @@ def test_a_stream_other_than_companies_lands_in_its_own_tables_on_the_bigquery_e
     assert coverage == local.warehouse().timepoint_coverage(spec) == TimepointCoverage(1, 300, [(100, 102)])
 
 
-def test_every_streams_tables_are_created_and_landed_on_the_bigquery_emulator(bigquery_emulator, bigquery_dataset):  # noqa: F811
+def test_every_streams_tables_are_created_and_landed_on_the_bigquery_emulator(bigquery_emulator, bigquery_dataset):
     """The DDL and MERGE of each stream's columns (filings has columns named ``type`` and ``date``)."""
     resource = WarehouseResource(
         kind="bigquery", gcp_project=bigquery_emulator.project, bigquery_dataset=bigquery_dataset,
