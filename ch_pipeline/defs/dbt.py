@@ -22,7 +22,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from packaging import version
 
 from ch_pipeline.defs.metadata import ASSET_GROUP
-from ch_pipeline.defs.stream import ticks_every
+from ch_pipeline.defs.stream import IN_FLIGHT_STATUSES, ticks_every
 from ch_pipeline.defs.streams import STREAM_LANDINGS, STREAMS_MINIMUM_INTERVAL_SECONDS
 from ch_pipeline.settings import Settings, automation_interval_seconds, dbt_build_target_path, streams_sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_TABLE
@@ -180,7 +180,6 @@ class StreamLandingsSettled(dg.AutomationCondition):
 
 
 OTHER_STREAM_LANDING_JOBS = frozenset(landing.job.name for landing in STREAM_LANDINGS.values())
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 # Whether a landing of the other streams is in flight, per evaluation: the same for every stream model
@@ -193,7 +192,7 @@ _LANDING_IN_FLIGHT_BY_EVALUATION: "weakref.WeakKeyDictionary[Any, bool]" = weakr
 def _a_stream_landing_in_flight(context: dg.AutomationContext) -> bool:
     evaluation = context.asset_graph_view
     if evaluation not in _LANDING_IN_FLIGHT_BY_EVALUATION:
-        runs = evaluation.instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT))
+        runs = evaluation.instance.get_runs(filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES))
         _LANDING_IN_FLIGHT_BY_EVALUATION[evaluation] = any(run.job_name in OTHER_STREAM_LANDING_JOBS for run in runs)
     return _LANDING_IN_FLIGHT_BY_EVALUATION[evaluation]
 
