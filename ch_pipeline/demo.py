@@ -150,15 +150,14 @@ def wait_for_runs_to_end(instance, deadline: float, stop) -> None:
 @click.option("--seed", default=LOCAL_SEED, show_default=True, help="Seed of the generated history.")
 @click.option("--rate", default=1000.0, show_default=True, help="Events per second streamed by the replay server, per stream.")
 @click.option("--bulk-rows", default=20_000, show_default=True, help="Companies in the generated bulk snapshot.")
-@click.option("--sensor-interval", default=5, show_default=True, help="Seconds between companies Kafka sensor ticks.")
-@click.option("--automation-interval", type=int, default=None, help="Seconds between dbt automation sensor ticks (default: --sensor-interval).")
+@click.option("--sensor-interval", default=5, show_default=True, help="Seconds between companies Kafka/automation sensor ticks.")
 @click.option("--streams-sensor-interval", type=int, default=None, help="Seconds between each other stream's sensor ticks (default: --sensor-interval).")
 @click.option("--streams", "streams_option", default="all", show_default=True, help=STREAMS_HELP)
 @click.option("--timeout", default=900, show_default=True, help="Give up after this many seconds.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the state here (default: a fresh temporary directory, removed afterwards).")  # fmt: skip
 def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_rows: int, sensor_interval: int,
-                 automation_interval: int | None, streams_sensor_interval: int | None, streams_option: str, timeout: int, data_dir: Path | None) -> None:  # fmt: skip
+                 streams_sensor_interval: int | None, streams_option: str, timeout: int, data_dir: Path | None) -> None:  # fmt: skip
     """Run the whole flow headless to completion, print a summary, exit 0 only if every model matches the events.
 
     Broker, replay server, a producer per stream and the Dagster daemon (Kafka sensors -> landing
@@ -182,7 +181,7 @@ def demo_command(events: int, stream_events: int, seed: int, rate: float, bulk_r
     settings = Settings.from_env()
     started = time.monotonic()
     stack = LocalStack(settings, events=events, rate=rate, seed=seed, kafka_port=free_port(), sensor_interval=sensor_interval,
-                       automation_interval=automation_interval, streams_sensor_interval=streams_sensor_interval or sensor_interval, streams=streams, stream_events=dict.fromkeys(streams[1:], stream_events))  # fmt: skip
+                       streams_sensor_interval=streams_sensor_interval or sensor_interval, streams=streams, stream_events=dict.fromkeys(streams[1:], stream_events))  # fmt: skip
     try:
         with stop_requested() as stop:
             stack.start_kafka()

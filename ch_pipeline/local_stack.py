@@ -110,8 +110,7 @@ class LocalStack:
     rate: float | None
     seed: int = LOCAL_SEED
     kafka_port: int | None = None
-    sensor_interval: int | None = None  # the companies Kafka sensor
-    automation_interval: int | None = None  # the dbt automation sensor (default: sensor_interval)
+    sensor_interval: int | None = None  # the companies Kafka sensor and the automation sensor
     streams_sensor_interval: int | None = None  # the other streams' Kafka sensors
     streams: tuple[str, ...] = (COMPANIES,)  # the catalogue streams followed (streams.STREAM_NAMES)
     stream_events: dict[str, int] = field(default_factory=dict)  # events per stream other than companies
@@ -167,8 +166,6 @@ class LocalStack:
             env.pop(name, None)
         if self.sensor_interval:
             env["CH_SENSOR_INTERVAL_SECONDS"] = str(self.sensor_interval)
-        if self.automation_interval:
-            env["CH_AUTOMATION_INTERVAL_SECONDS"] = str(self.automation_interval)
         if self.streams_sensor_interval:
             env["CH_STREAMS_SENSOR_INTERVAL_SECONDS"] = str(self.streams_sensor_interval)
         # A laptop keeps two days of runs (each run's files are ~156 KB on local SQLite), unless told otherwise.
@@ -289,14 +286,14 @@ STREAMS_HELP = "Streams to follow: `all` (default) or a comma list of catalogue 
 @click.option("--stream-events", default=20_000, show_default=True, help="Events in each other stream's history.")
 @click.option("--rate", default=50.0, show_default=True, help="Events per second streamed by the replay server, per stream.")
 @click.option("--replay-port", default=8765, show_default=True, help="Replay server port.")
-# The companies sensor may tick often: while two of its runs are queued or running it cuts nothing
-# (defs/stream.MAX_RUNS_IN_FLIGHT), so a steady stream is landed and built run after run, never queued.
-@click.option("--sensor-interval", default=5, show_default=True, help="Seconds between companies Kafka sensor ticks.")
-@click.option("--automation-interval", default=15, show_default=True, help="Seconds between dbt automation sensor ticks.")
+# 10 s: a landing run that builds the core takes ~12 s here, so runs follow each other with little
+# overlap; shorter intervals measured worse on 2 cores (runs starting up beside a build slow it), and
+# the sensor's back-pressure (defs/stream.MAX_RUNS_IN_FLIGHT) keeps them from queueing (docs/architecture.md §11).
+@click.option("--sensor-interval", default=10, show_default=True, help="Seconds between companies Kafka/automation sensor ticks.")
 @click.option("--streams-sensor-interval", default=60, show_default=True, help="Seconds between each other stream's Kafka sensor ticks.")
 @click.option("--streams", "streams_option", default="all", show_default=True, help=STREAMS_HELP)
 def run_command(port: int, kafka_port: int, events: int, stream_events: int, rate: float, replay_port: int,
-                sensor_interval: int, automation_interval: int, streams_sensor_interval: int, streams_option: str) -> None:  # fmt: skip
+                sensor_interval: int, streams_sensor_interval: int, streams_option: str) -> None:  # fmt: skip
     """Run the whole pipeline locally: broker, replay server, producers, Dagster UI. Ctrl-C stops all.
 
     State (DuckDB file, Dagster instance, logs) lives under CH_DATA_DIR (default ./.ch-data);
@@ -307,7 +304,7 @@ def run_command(port: int, kafka_port: int, events: int, stream_events: int, rat
     if port_is_taken(port):
         raise click.ClickException(f"port {port} is already in use: stop what holds it or pass --port")
     stack = LocalStack(settings, events=events, rate=rate, kafka_port=kafka_port, sensor_interval=sensor_interval,
-                       automation_interval=automation_interval, streams_sensor_interval=streams_sensor_interval, streams=streams, stream_events=dict.fromkeys(streams[1:], stream_events))  # fmt: skip
+                       streams_sensor_interval=streams_sensor_interval, streams=streams, stream_events=dict.fromkeys(streams[1:], stream_events))  # fmt: skip
     with hold_data_dir(settings.data_dir), stop_requested() as stop:
         try:
             stack.start_kafka()

@@ -202,21 +202,12 @@ def validate_bigquery_dataset(value: str) -> str:
 
 
 def sensor_interval_seconds(default: int) -> int:
-    """``CH_SENSOR_INTERVAL_SECONDS``: how often the companies Kafka sensor ticks (and the automation
-    sensor, unless ``CH_AUTOMATION_INTERVAL_SECONDS`` says otherwise).
+    """``CH_SENSOR_INTERVAL_SECONDS``: how often the Kafka and automation sensors tick.
 
     Read when the code location loads (sensor intervals are part of the definitions). The default
     suits production (a run costs ~5 s of a 2-core machine, docs/architecture.md §11); demos and tests shorten it.
     """
     return _positive_whole_number("CH_SENSOR_INTERVAL_SECONDS", default, "seconds")
-
-
-def automation_interval_seconds(default: int) -> int:
-    """``CH_AUTOMATION_INTERVAL_SECONDS``: how often the dbt automation sensor ticks; by default as
-    often as the companies Kafka sensor. It need not be as often: the core is built by the companies
-    landing runs themselves, and an automation tick costs 1-2 s of the code server
-    (docs/architecture.md §11)."""
-    return _positive_whole_number("CH_AUTOMATION_INTERVAL_SECONDS", sensor_interval_seconds(default), "seconds")
 
 
 def streams_sensor_interval_seconds(default: int) -> int:

@@ -24,7 +24,7 @@ from packaging import version
 from ch_pipeline.defs.metadata import ASSET_GROUP
 from ch_pipeline.defs.stream import IN_FLIGHT_STATUSES, ticks_every
 from ch_pipeline.defs.streams import STREAM_LANDINGS, STREAMS_MINIMUM_INTERVAL_SECONDS
-from ch_pipeline.settings import Settings, automation_interval_seconds, dbt_build_target_path, streams_sensor_interval_seconds
+from ch_pipeline.settings import Settings, dbt_build_target_path, sensor_interval_seconds, streams_sensor_interval_seconds
 from ch_pipeline.warehouse.schema import BULK_TABLE, CORE_MODEL, STREAM_TABLE
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "ch_dbt"
@@ -431,7 +431,7 @@ dbt_automation_sensor = dg.AutomationConditionSensorDefinition(
     "ch_dbt_automation",
     target=dg.AssetSelection.assets(ch_dbt_models) | dg.AssetSelection.assets(ch_dbt_stream_models) | dg.AssetSelection.assets(BULK_TABLE),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=ticks_every(automation_interval_seconds(30)),
+    minimum_interval_seconds=ticks_every(sensor_interval_seconds(30)),
     description="Runs the dbt models after new stream data lands or a bulk file is loaded (and loads the first bulk file); "
     "each stream's current-state model after its landing table.",
     # The core's condition reads the instance (InputLandedAfterLastBuild): it runs where the code is.
