@@ -5,7 +5,7 @@
     it are deleted, unmatched ones are not inserted. On DuckDB the same change is a DELETE of every
     source key, then an INSERT of the rows that are not deletions, in the build's one transaction:
     DuckDB's MERGE updates the rows in place, 9.3 s for 50k events into a 5M-row core against 0.2 s
-    (docs/architecture.md §11). The source has one row per key (the models guarantee it, the unique
+    (docs/architecture.md §6). The source has one row per key (the models guarantee it, the unique
     tests check it), so both give the same table.
     Models without `merge_delete_when` get the adapter's own merge, unchanged. The control column
     merge_action is never a table column: the merge leaves it out, and so does on_schema_change. -#}

@@ -60,7 +60,7 @@ LAG_PROBE_TIMEOUT_SECONDS = 5.0
 # A sensor cuts no new landing while this many runs of its job are queued or running: at a short
 # interval a steady stream would otherwise queue a run per tick faster than the duckdb pool serves them
 # (each ~8 s of landing and dbt build). Two: one in the pool while the next one starts up beside it.
-# The next tick's landing takes everything since, in one run (docs/architecture.md §11).
+# The next tick's landing takes everything since, in one run (docs/architecture.md §5, §11).
 MAX_RUNS_IN_FLIGHT = 2
 # A run queued or running (the automation's "a landing in flight" too, defs/dbt.py).
 IN_FLIGHT_STATUSES = [
