@@ -25,7 +25,7 @@
 {%- endmacro %}
 
 {% macro merge_with_deletes_sql(target, source, unique_key, dest_columns, delete_when) -%}
-    {%- set columns = dest_columns | rejectattr('name', 'in', ch_dbt.merge_control_columns()) | map(attribute='quoted') | list -%}
+    {%- set columns = ch_dbt.merged_columns(dest_columns) -%}
 merge into {{ target }} as DBT_INTERNAL_DEST
 using {{ source }} as DBT_INTERNAL_SOURCE
 on DBT_INTERNAL_SOURCE.{{ unique_key }} = DBT_INTERNAL_DEST.{{ unique_key }}
@@ -39,7 +39,7 @@ when not matched and not ({{ delete_when }}) then insert ({{ columns | join(', '
 {%- endmacro %}
 
 {% macro replace_with_deletes_sql(target, source, unique_key, dest_columns, delete_when) -%}
-    {%- set columns = dest_columns | rejectattr('name', 'in', ch_dbt.merge_control_columns()) | map(attribute='quoted') | list -%}
+    {%- set columns = ch_dbt.merged_columns(dest_columns) -%}
 delete from {{ target }}
 where {{ unique_key }} in (select {{ unique_key }} from {{ source }});
 insert into {{ target }} ({{ columns | join(', ') }})
@@ -47,6 +47,11 @@ select {{ columns | join(', ') }}
 from {{ source }} as DBT_INTERNAL_SOURCE
 where not ({{ delete_when }})
 {%- endmacro %}
+
+{#- The table's columns a merge writes, quoted: the source's, without the control columns. -#}
+{% macro merged_columns(dest_columns) %}
+    {{ return(dest_columns | rejectattr('name', 'in', ch_dbt.merge_control_columns()) | map(attribute='quoted') | list) }}
+{% endmacro %}
 
 {#- The columns of a merge source that steer the MERGE and are not columns of the table. -#}
 {% macro merge_control_columns() %}{{ return(['merge_action'] if config.get('merge_delete_when') else []) }}{% endmacro %}

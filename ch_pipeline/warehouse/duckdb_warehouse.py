@@ -183,6 +183,7 @@ class _RejectStash:
 
 
 _REJECT_NAMES = [c.name for c in REJECT_COLUMNS]
+_REJECT_COLUMN_LIST = ", ".join(_REJECT_NAMES)
 _STASH_FUNCTION = "stash_reject"
 
 
@@ -192,7 +193,7 @@ def _landing_insert(stream: StreamSpec) -> str:
     names = ", ".join(c.name for c in landing_columns(stream))
     return (
         f"INSERT INTO {stream.landing_table} ({names}) SELECT {names} FROM ({parse_query(stream)})\n"
-        f"WHERE error IS NULL OR {_STASH_FUNCTION}({', '.join(_REJECT_NAMES)})"
+        f"WHERE error IS NULL OR {_STASH_FUNCTION}({_REJECT_COLUMN_LIST})"
     )
 
 
@@ -251,7 +252,6 @@ class DuckDBWarehouse:
         predicate = offsets_predicate(ranges)
         params = {"stream_partition": stream_partition, "ingested_at": ingested_at}
         raw, stash = _RawStream(chunks), _RejectStash()
-        reject_names = ", ".join(_REJECT_NAMES)
         with connect(self.path) as con, _single_threaded(con):
             create_stream_tables(con, stream)
             con.execute("SET TimeZone = 'UTC'")  # the parse's: published_at without an offset is UTC
@@ -263,7 +263,7 @@ class DuckDBWarehouse:
                 [(rows,)] = _execute_reading(con, raw, _landing_insert(stream), params)
                 if stash.rows:
                     con.register("landing_rejects", stash.table())
-                    con.execute(f"INSERT INTO {stream.rejects_table} ({reject_names}) SELECT {reject_names} FROM landing_rejects")
+                    con.execute(f"INSERT INTO {stream.rejects_table} ({_REJECT_COLUMN_LIST}) SELECT {_REJECT_COLUMN_LIST} FROM landing_rejects")
                     con.unregister("landing_rejects")
                 if rows + stash.rows != raw.messages:  # every message in exactly one table, or nothing lands
                     raise RuntimeError(f"{stream_partition}: {raw.messages} messages read, {rows} rows + {stash.rows} rejects parsed")
