@@ -7,9 +7,9 @@ exactly that into DuckDB. Ours: ``assign`` + explicit offsets, raw Arrow chunks 
 file, one transaction (``land_stream_partition`` + ``DuckDBWarehouse.land_messages``, the asset's own body).
 The reference row is the broker's own pace: a raw confluent-kafka consume (``assign``, no parsing)
 of the same messages, in the same run; our landing is reported as a ratio to it (goal >= 0.5).
-A row measures the same partition through a whole in-process Dagster run, and the last one the
+A row measures the same partition through a whole in-process Dagster run, and the last ones the
 peak RSS of landing one 100k-message range in a fresh process (goal < 300 MiB), against a raw
-consume of the same range in a fresh process.
+consume of the same range in a fresh process, and those processes' floor (their imports).
 
 ``python -m benchmarks.landing [--messages N]``
 """
@@ -23,15 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import dagster as dg
 import duckdb
-import pandas as pd
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
-from ch_pipeline.defs.stream import company_house_stream, landing_run_config
+# Only what a landing needs at the top: the peak-RSS rows run this module's functions in fresh
+# processes, which import it; Dagster and pandas are imported where they are used.
 from ch_pipeline.kafka.broker import LocalBroker
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key, parse_partition_key, probe_offsets
+from ch_pipeline.kafka.reader import RANGE_FETCH_SETTINGS
 from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
 from ch_pipeline.landing import land_stream_partition
 from ch_pipeline_tests.warehouse.messages import company_event, company_number
@@ -65,10 +64,7 @@ def consume_raw(bootstrap: str, key: str, path: Path | None = None) -> int:
     """The reference: assign the same ranges, consume until each one's last offset, touch nothing
     (the consumer settings are ``read_ranges``'s)."""
     last = {r.partition: r.last for r in parse_partition_key(key)}
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "raw", "enable.auto.commit": False,
-         "fetch.wait.max.ms": 50, "max.partition.fetch.bytes": 16 << 20, "fetch.max.bytes": 64 << 20}
-    )
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "raw", "enable.auto.commit": False, **RANGE_FETCH_SETTINGS})
     consumer.assign([TopicPartition(TOPIC, r.partition, r.first) for r in parse_partition_key(key)])
     count, pending = 0, set(last)
     while pending:
@@ -79,6 +75,11 @@ def consume_raw(bootstrap: str, key: str, path: Path | None = None) -> int:
                     pending.discard(message.partition())
     consumer.close()
     return count
+
+
+def import_only(bootstrap: str, key: str, path: Path) -> int:
+    """Nothing: the peak RSS of a fresh process that only imported this module (the floor of the others)."""
+    return 0
 
 
 def _peak_rss_mib(function, bootstrap: str, key: str) -> float:
@@ -113,6 +114,8 @@ def tutorial_record(value: bytes) -> dict:
 
 def land_tutorial(bootstrap: str, ends: dict[int, int], path: Path) -> int:
     """A DataFrame per 100 messages, one INSERT per DataFrame (the tutorial's Mage consumer + exporter)."""
+    import pandas as pd
+
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tutorial", "enable.partition.eof": True, "enable.auto.commit": False})
     consumer.assign([TopicPartition(TOPIC, p, 0) for p in ends])
     con = duckdb.connect(str(path))
@@ -149,8 +152,13 @@ def timed(function, *args) -> tuple[int, float]:
     return count, best
 
 
-def land_through_dagster(instance: dg.DagsterInstance, bootstrap: str, key: str, path: Path) -> int:
+def land_through_dagster(instance, bootstrap: str, key: str, path: Path) -> int:
     """One in-process run of the asset (run start, resources, step, events), the instance made beforehand."""
+    import dagster as dg
+
+    from ch_pipeline.defs.resources import KafkaResource, WarehouseResource
+    from ch_pipeline.defs.stream import company_house_stream, landing_run_config
+
     result = dg.materialize(
         [company_house_stream],
         run_config=landing_run_config(key),
@@ -165,6 +173,8 @@ def land_through_dagster(instance: dg.DagsterInstance, bootstrap: str, key: str,
 
 
 def run(messages: int = 200_000) -> list[dict]:
+    import dagster as dg
+
     with LocalBroker() as broker:
         broker.create_topic(TOPIC, PARTITIONS)
         bootstrap = broker.bootstrap_servers
@@ -178,6 +188,7 @@ def run(messages: int = 200_000) -> list[dict]:
         rss_messages = min(ends[0], RSS_MESSAGES)  # partition 0 holds half the messages
         range_key = format_partition_key([OffsetRange(0, 0, rss_messages - 1)])
         ours_rss, raw_rss = peak_rss_mib(land_ours, bootstrap, range_key), peak_rss_mib(consume_raw, bootstrap, range_key)
+        floor_rss = peak_rss_mib(import_only, bootstrap, range_key)
     assert raw == ours == tutorial == dagster_run == messages, (raw, ours, tutorial, dagster_run)
     raw_rate, ours_rate, tutorial_rate, run_rate = raw / raw_s, ours / ours_s, tutorial / tutorial_s, dagster_run / dagster_s
     return [
@@ -213,6 +224,11 @@ def run(messages: int = 200_000) -> list[dict]:
             "baseline": raw_rss,
             "ratio": ours_rss / raw_rss,
             "unit": "MiB (baseline: raw consume of the range in a fresh process); goal < 300 MiB",
+        },
+        {
+            "measure": "peak RSS of such a fresh process before it reads (imports: the landing, confluent-kafka, DuckDB, pyarrow)",
+            "ours": floor_rss,
+            "unit": "MiB (the floor of the two rows above)",
         },
     ]
 

@@ -19,6 +19,20 @@ from ch_pipeline.kafka.offsets import OffsetRange
 _TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE})
 
 
+# How the client fetches a range: start to end, as fast as it can decode, holding little ahead.
+# The landing takes messages slower than the client fetches them, so the client's prefetch fills:
+# by default it holds up to 100k messages per partition or 64 MiB, and once full it postpones the next
+# fetch by a whole second (fetch.queue.backoff.ms), a stall each time the landing catches up.
+RANGE_FETCH_SETTINGS = {
+    "fetch.wait.max.ms": 50,
+    "max.partition.fetch.bytes": 4 << 20,
+    "fetch.max.bytes": 16 << 20,
+    "queued.min.messages": 20_000,
+    "queued.max.messages.kbytes": 16 << 10,
+    "fetch.queue.backoff.ms": 10,
+}
+
+
 class RangeNotAvailable(RuntimeError):
     """Some offsets of the range are not (or no longer) in Kafka."""
 
@@ -43,10 +57,7 @@ def read_ranges(
             "enable.partition.eof": True,
             # Never jump elsewhere: an offset out of range is an error, not a silent reset.
             "auto.offset.reset": "error",
-            "fetch.wait.max.ms": 50,
-            # Large fetches: a range is read start to end, as fast as the client can decode it.
-            "max.partition.fetch.bytes": 16 << 20,
-            "fetch.max.bytes": 64 << 20,
+            **RANGE_FETCH_SETTINGS,
         }
     )
     try:
