@@ -1,8 +1,8 @@
 """Bulk snapshot load: ours vs the physical floor and vs the tutorial's pandas path.
 
-All three load the same generated BasicCompanyDataAsOneFile (1M rows by default, the published
-header and quoting) into a fresh DuckDB table, each in its own child process so that wall time and
-peak RSS (from ``wait4``) are measured alike:
+All three load the same generated BasicCompanyDataAsOneFile (5.5M rows by default: the published
+file's size, header and quoting) into a fresh DuckDB table, each in its own child process so that
+wall time and peak RSS (from ``wait4``) are measured alike:
 
 - ours: ``load_duckdb``, the cleaning, the header check by name, repeats dropped, ``file_date``;
 - the floor: a plain DuckDB ``read_csv`` of the file into a table, the five source columns the
@@ -99,7 +99,11 @@ def best_of(csv_path: Path, scratch: Path, rows: int, repeats: int) -> dict[str,
     return {side: tuple(min(values) for values in zip(*done)) for side, done in runs.items()}
 
 
-def run(rows: int = 1_000_000, repeats: int = 2, csv: Path | None = None) -> list[dict]:
+# The published file's size (~2.3 GB): the size the goal is stated for (<= 12 s on 2 cores).
+FULL_SIZE_ROWS = 5_500_000
+
+
+def run(rows: int = FULL_SIZE_ROWS, repeats: int = 2, csv: Path | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as scratch:
         csv_path = csv or write_sample(Path(scratch) / "BasicCompanyDataAsOneFile-bench.csv", rows=rows, seed=42)
         size_mb = csv_path.stat().st_size / 1e6
@@ -127,7 +131,7 @@ def run(rows: int = 1_000_000, repeats: int = 2, csv: Path | None = None) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=FULL_SIZE_ROWS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
