@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from datetime import date, datetime
 from pathlib import Path
 
@@ -46,11 +50,45 @@ def bulk_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sample(tmp_path_factory.mktemp("bulk") / "BasicCompanyDataAsOneFile-test.csv", BULK_COMPANIES, seed=3)
 
 
+class _WarehouseLink(dict):
+    """The one path dbt is given for the session's DuckDB files: a symlink to a folder, re-pointed at
+    each test's folder by ``configure_environment`` (and back by its MonkeyPatch's undo).
+
+    dbt re-parses the whole project (~3 s per invocation) when its profile's connection changes (the
+    DuckDB path is part of its partial-parse state check), so a new path per test meant a full parse
+    per test. The link keeps the profile the same; the file, its WAL and DuckDB's temporary files are
+    still in the test's own folder (DuckDB resolves the symlinked folder: one database per real file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="ch-pipeline-tests-duckdb-"))
+            atexit.register(shutil.rmtree, self.dir, True)
+        return self.dir / "warehouse"
+
+    def __setitem__(self, key: str, target: str) -> None:
+        super().__setitem__(key, target)
+        new = self.path.with_name("warehouse.new")
+        os.symlink(target, new, target_is_directory=True)
+        os.replace(new, self.path)  # atomic: the link is always one test's folder
+
+
+WAREHOUSE_LINK = _WarehouseLink()
+
+
 def configure_environment(env: pytest.MonkeyPatch, root: Path) -> Path:
-    """Point settings.py, the resources and the dbt profile (a subprocess: it reads env) at a new DuckDB file."""
+    """Point settings.py, the resources and the dbt profile (a subprocess: it reads env) at a new DuckDB file.
+
+    CH_DUCKDB_PATH names it through ``WAREHOUSE_LINK`` (the same string in every test: dbt keeps its
+    partial parse); the path returned is the file's real path, in ``root``."""
     path = root / "warehouse.duckdb"
+    env.setitem(WAREHOUSE_LINK, "target", str(root.resolve()))
     env.setenv("CH_DATA_DIR", str(root))
-    env.setenv("CH_DUCKDB_PATH", str(path))
+    env.setenv("CH_DUCKDB_PATH", str(WAREHOUSE_LINK.path / path.name))
     env.setenv("CH_WAREHOUSE", "duckdb")
     env.delenv("DBT_TARGET", raising=False)
     env.delenv("CH_BULK_CSV", raising=False)
