@@ -51,7 +51,7 @@ def current_run_id() -> str | None:
 
 # --- landing --------------------------------------------------------------------------------
 
-_original_connect = duckdb_warehouse.connect
+_original_connect = duckdb_warehouse.connect_for_landing
 _original_land_messages = duckdb_warehouse.DuckDBWarehouse.land_messages
 
 
@@ -79,18 +79,15 @@ def _connect_dying_at_commit(path):
 def _land_messages(self, *args, **kwargs):
     if faults.claim(faults.LANDING_BEFORE_WRITE, current_run_id()) is not None:
         die()
-    # Only the landing's own connection (not, say, the bulk load's) can die at its commit.
-    duckdb_warehouse.connect = _connect_dying_at_commit
-    try:
-        landed = _original_land_messages(self, *args, **kwargs)
-    finally:
-        duckdb_warehouse.connect = _original_connect
+    landed = _original_land_messages(self, *args, **kwargs)
     if faults.claim(faults.LANDING_AFTER_WRITE, current_run_id()) is not None:
         die()
     return landed
 
 
 duckdb_warehouse.DuckDBWarehouse.land_messages = _land_messages
+# Only the landing's own connection (not, say, the bulk load's) can die at its commit.
+duckdb_warehouse.connect_for_landing = _connect_dying_at_commit
 
 # --- dbt ------------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ class DiesAtCommit:
         return getattr(self._con, name)
 
 
-original_connect = duckdb_warehouse.connect
+original_connect = duckdb_warehouse.connect_for_landing
 original_land_messages = duckdb_warehouse.DuckDBWarehouse.land_messages
 
 
@@ -59,7 +59,7 @@ def land_messages(self, *args, **kwargs):
     return landed
 
 
-duckdb_warehouse.connect = connect
+duckdb_warehouse.connect_for_landing = connect
 duckdb_warehouse.DuckDBWarehouse.land_messages = land_messages
 
 if __name__ == "__main__":

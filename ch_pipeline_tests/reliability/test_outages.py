@@ -174,7 +174,7 @@ def test_warehouse_failing_inside_a_landing_run(pipeline: Pipeline, monkeypatch)
         locked = pipeline.land(keys[0], raise_on_error=False)
     assert not locked.success and "lock" in str(locked.get_step_failure_events()[0].event_specific_data.error).lower()
 
-    original_connect = duckdb_warehouse.connect
+    original_connect = duckdb_warehouse.connect_for_landing
 
     @contextmanager
     def failing_connect(path):
@@ -182,7 +182,7 @@ def test_warehouse_failing_inside_a_landing_run(pipeline: Pipeline, monkeypatch)
             yield FailsOnRejectsInsert(con)
 
     with monkeypatch.context() as patch:
-        patch.setattr(duckdb_warehouse, "connect", failing_connect)
+        patch.setattr(duckdb_warehouse, "connect_for_landing", failing_connect)
         failed = pipeline.land(keys[1], raise_on_error=False)
     assert not failed.success
     assert "INSERT INTO company_house_stream" in FailsOnRejectsInsert.statements, "it failed after the stream rows were written"

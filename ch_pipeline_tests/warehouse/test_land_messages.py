@@ -19,7 +19,7 @@ from ch_pipeline.companies_house.stream_events import generate_stream_events
 from ch_pipeline.companies_house.streams import COMPANIES, STREAM_NAMES, STREAMS, stream
 from ch_pipeline.kafka.offsets import OffsetRange, format_partition_key
 from ch_pipeline.landing import read_ahead
-from ch_pipeline.warehouse.duckdb_warehouse import DuckDBWarehouse
+from ch_pipeline.warehouse.duckdb_warehouse import LANDING_ROW_GROUP_ROWS, DuckDBWarehouse
 from ch_pipeline.warehouse.landing import LandingSummary, parse_batch
 from ch_pipeline.warehouse.schema import REJECT_COLUMNS, landing_columns
 from ch_pipeline.warehouse.stream_rows import raw_messages_table
@@ -108,14 +108,27 @@ def test_rejects_spanning_many_vectors_and_chunks_all_land_once(tmp_path):
     assert (summary.rows, summary.rejects) == (0, 9000) and len({(r[0], r[1]) for r in rejects}) == 9000
 
 
-def test_a_landing_leaves_the_databases_settings_as_they_were(tmp_path):
-    """The landing runs DuckDB on one thread; the setting is the database's, which another connection
-    of the process shares."""
+def test_a_landing_writes_its_rows_out_a_row_group_at_a_time(tmp_path):
+    """What bounds a landing's memory: its rows go to the file every LANDING_ROW_GROUP_ROWS rows, not
+    once five 122,880-row groups are full (DuckDB's default: a 100k-message landing held all its rows)."""
+    messages, ranges = corpus_messages(total=2 * LANDING_ROW_GROUP_ROWS + 1000)
+    summary = DuckDBWarehouse(tmp_path / "w.duckdb").land_messages(format_partition_key(ranges), ranges, raw_chunks(messages, 5000), INGESTED)
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        sizes = con.execute(
+            "SELECT max(count) FROM pragma_storage_info('company_house_stream') WHERE column_name = 'kafka_offset' GROUP BY row_group_id"
+        ).fetchall()
+    assert sum(size for (size,) in sizes) == summary.rows > 2 * LANDING_ROW_GROUP_ROWS
+    assert len(sizes) >= 3 and max(size for (size,) in sizes) <= LANDING_ROW_GROUP_ROWS
+
+
+def test_a_landing_refuses_while_the_process_has_the_file_open_elsewhere(tmp_path):
+    """The landing's DuckDB instance must be the process's only holder of the file (DuckDB refuses a
+    second instance, as it refuses a second writer process): a clear error, nothing landed."""
     messages, ranges = corpus_messages()
     with duckdb.connect(str(tmp_path / "w.duckdb")) as other:
-        [(threads,)] = other.execute("SELECT current_setting('threads')").fetchall()
-        DuckDBWarehouse(tmp_path / "w.duckdb").land_messages(format_partition_key(ranges), ranges, raw_chunks(messages), INGESTED)
-        assert other.execute("SELECT current_setting('threads')").fetchall() == [(threads,)]
+        with pytest.raises(duckdb.Error, match="already attached"):
+            DuckDBWarehouse(tmp_path / "w.duckdb").land_messages(format_partition_key(ranges), ranges, raw_chunks(messages), INGESTED)
+        assert other.execute("SELECT count(*) FROM information_schema.tables").fetchone() == (0,)
 
 
 def landed_once(tmp_path):
