@@ -2,7 +2,9 @@
 emulator (``bigquery_emulator``, ``bigquery_dataset``), also one per session.
 
 The emulator's fixtures are registered here, once: a session-scoped fixture imported into each test
-module instead is a separate fixture per module, so each module started its own emulator."""
+module instead is a separate fixture per module, so each module started its own emulator.
+
+Under pytest-xdist the hooks below bring the crash matrices' outcome tables back from the workers."""
 
 from __future__ import annotations
 
@@ -26,3 +28,31 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
 def topic_name() -> str:
     """A fresh topic name per test, so tests sharing the broker never see each other's data."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+# The crash matrices print an outcome table at the end of the session (``session_table`` in
+# daemon/conftest.py and reliability/conftest.py). Under xdist those conftests run in the workers,
+# which print nothing: each worker sends its rows, and the controller prints the tables.
+WORKER_TABLES: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is None:
+        return
+    tables = [table for plugin in session.config.pluginmanager.get_plugins()
+              if callable(getattr(plugin, "session_table", None)) and (table := plugin.session_table())]  # fmt: skip
+    workeroutput["session_tables"] = [[title, header, rows] for title, header, rows in tables]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    for title, header, rows in getattr(node, "workeroutput", {}).get("session_tables", []):
+        WORKER_TABLES.setdefault(title, (header, []))[1].extend(rows)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    for title, (header, rows) in WORKER_TABLES.items():
+        terminalreporter.write_sep("=", title)
+        for line in header + rows:
+            terminalreporter.write_line(line)
