@@ -4,11 +4,14 @@ emulator (``bigquery_emulator``, ``bigquery_dataset``), also one per session.
 The emulator's fixtures are registered here, once: a session-scoped fixture imported into each test
 module instead is a separate fixture per module, so each module started its own emulator.
 
-Under pytest-xdist the hooks below bring the crash matrices' outcome tables back from the workers."""
+Under pytest-xdist the hooks below keep tests that run side by side apart (``pytest_configure``) and
+bring the crash matrices' outcome tables back from the workers."""
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +31,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
 def topic_name() -> str:
     """A fresh topic name per test, so tests sharing the broker never see each other's data."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): tests of one group run on the same xdist worker, one after the other")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        # Every dbt build of the Dagster assets writes to one folder (settings.dbt_build_target_path,
+        # default ch_dbt/target/ch_dbt_models): two workers building at once would overwrite each
+        # other's manifest, run results and partial-parse file. A folder per worker, kept between
+        # sessions like the default one (dbt keeps its partial parse). Tests that set their own
+        # DBT_TARGET_PATH still do (monkeypatch), and subprocesses inherit the worker's.
+        base = os.environ.get("DBT_TARGET_PATH", "target")
+        os.environ["DBT_TARGET_PATH"] = str(Path(base) / f"xdist-{worker}")
 
 
 # The crash matrices print an outcome table at the end of the session (``session_table`` in
