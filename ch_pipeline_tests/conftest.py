@@ -4,8 +4,9 @@ emulator (``bigquery_emulator``, ``bigquery_dataset``), also one per session.
 The emulator's fixtures are registered here, once: a session-scoped fixture imported into each test
 module instead is a separate fixture per module, so each module started its own emulator.
 
-Under pytest-xdist the hooks below keep tests that run side by side apart (``pytest_configure``) and
-bring the crash matrices' outcome tables back from the workers."""
+``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``); the hooks below
+keep tests that run side by side apart (see ``pytest_configure`` and ``pytest_collection_modifyitems``)
+and bring the crash matrices' outcome tables back from the workers."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ def topic_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
+# Tests that start the whole pipeline as processes (the real dagster-daemon or `dagster dev`, the demo,
+# the production topology on Postgres, the restart of `ch-pipeline run`): each keeps both cores busy
+# and measures how long the pipeline takes to converge, so two of them side by side would only slow
+# each other towards their bounds. One xdist group: they run one after the other on one worker, and
+# the other worker runs the rest of the suite beside them.
+HEAVY_GROUP = "heavy"
+HEAVY_PATHS = ("daemon/", "production/", "ui/", "test_run_restart.py", "test_demo.py")
+TESTS_ROOT = Path(__file__).parent
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): tests of one group run on the same xdist worker, one after the other")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
@@ -44,6 +55,34 @@ def pytest_configure(config: pytest.Config) -> None:
         # DBT_TARGET_PATH still do (monkeypatch), and subprocesses inherit the worker's.
         base = os.environ.get("DBT_TARGET_PATH", "target")
         os.environ["DBT_TARGET_PATH"] = str(Path(base) / f"xdist-{worker}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook of the same name)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The heavy tests (``HEAVY_PATHS``) are one xdist group; a module with a module-scoped fixture is
+    a group of its own, so that fixture is built once, on one worker, not once per worker."""
+    for item in items:
+        path = item.path.relative_to(TESTS_ROOT).as_posix()
+        if path.startswith(HEAVY_PATHS):
+            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
+        elif any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(path))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``, with the heavy group handed out first: it is the longest unit of work
+    (~15 minutes), so the other worker fills the time beside it with everything else."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class HeavyFirst(LoadGroupScheduling):
+        def _assign_work_unit(self, node) -> None:
+            if HEAVY_GROUP in self.workqueue:
+                self.workqueue.move_to_end(HEAVY_GROUP, last=False)
+            super()._assign_work_unit(node)
+
+    return HeavyFirst(config, log)
 
 
 # The crash matrices print an outcome table at the end of the session (``session_table`` in
