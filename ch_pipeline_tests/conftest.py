@@ -5,7 +5,7 @@ The emulator's fixtures are registered here, once: a session-scoped fixture impo
 module instead is a separate fixture per module, so each module started its own emulator.
 
 ``make test`` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``); the hooks below
-keep tests that run side by side apart (see ``pytest_configure`` and ``pytest_collection_modifyitems``)
+keep tests that run side by side apart (``pytest_configure``, ``pytest_xdist_make_scheduler``)
 and bring the crash matrices' outcome tables back from the workers."""
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ def topic_name() -> str:
 # Tests that start the whole pipeline as processes (the real dagster-daemon or `dagster dev`, the demo,
 # the production topology on Postgres, the restart of `ch-pipeline run`): each keeps both cores busy
 # and measures how long the pipeline takes to converge, so two of them side by side would only slow
-# each other towards their bounds. One xdist group: they run one after the other on one worker, and
-# the other worker runs the rest of the suite beside them.
+# each other towards their bounds. One unit of work (pytest_xdist_make_scheduler): they run one after
+# the other on one worker, and the other worker runs the rest of the suite beside them.
 HEAVY_GROUP = "heavy"
 HEAVY_PATHS = ("daemon/", "production/", "ui/", "test_run_restart.py", "test_demo.py")
 TESTS_ROOT = Path(__file__).parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "xdist_group(name): tests of one group run on the same xdist worker, one after the other")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         # Every dbt build of the Dagster assets writes to one folder (settings.dbt_build_target_path,
@@ -57,32 +56,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["DBT_TARGET_PATH"] = str(Path(base) / f"xdist-{worker}")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its own hook of the same name)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The heavy tests (``HEAVY_PATHS``) are one xdist group; a module with a module-scoped fixture is
-    a group of its own, so that fixture is built once, on one worker, not once per worker."""
-    for item in items:
-        path = item.path.relative_to(TESTS_ROOT).as_posix()
-        if path.startswith(HEAVY_PATHS):
-            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
-        elif any(defs[-1].scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(path))
-
-
 def pytest_xdist_make_scheduler(config, log):
-    """``--dist loadgroup``, with the heavy group handed out first: it is the longest unit of work
-    (~15 minutes), so the other worker fills the time beside it with everything else."""
+    """``--dist loadgroup`` (``make test``), grouped here, by path: pytest-xdist 3.8 marks a test's
+    ``xdist_group`` by rewriting ``item._nodeid``, which pytest 9.2 no longer reads, so marks never
+    reach its scheduler. The heavy tests (``HEAVY_PATHS``) are one unit of work; every other module
+    is one unit, so its module-scoped fixtures are built once, on one worker. The heavy
+    unit is handed out first: it is the longest (~15 minutes serial), and the other worker fills the
+    time beside it with the rest of the suite."""
     if config.getvalue("dist") != "loadgroup":
         return None
-    from xdist.scheduler import LoadGroupScheduling
+    from xdist.scheduler import LoadScopeScheduling
 
-    class HeavyFirst(LoadGroupScheduling):
+    class ByPath(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return HEAVY_GROUP if path.removeprefix(f"{TESTS_ROOT.name}/").startswith(HEAVY_PATHS) else path
+
         def _assign_work_unit(self, node) -> None:
             if HEAVY_GROUP in self.workqueue:
                 self.workqueue.move_to_end(HEAVY_GROUP, last=False)
             super()._assign_work_unit(node)
 
-    return HeavyFirst(config, log)
+    return ByPath(config, log)
 
 
 # The crash matrices print an outcome table at the end of the session (``session_table`` in
