@@ -50,10 +50,14 @@ $(BQ_STAMP): $(STAMP) ch_pipeline_tests/bigquery_emulator.py
 	  echo "note: .venv-bq could not be created; the BigQuery emulator tests will be skipped"
 
 # `dg check defs` first: the code location as pyproject.toml's [tool.dg] declares it loads, and its
-# definitions and their config are valid, in seconds, before the suite's minutes.
+# definitions and their config are valid, in seconds, before the suite's minutes. Then the suite on two
+# pytest-xdist workers (TEST_WORKERS): the tests that start the whole pipeline as processes run one after
+# the other on one worker, everything else on the other beside them (ch_pipeline_tests/conftest.py).
+# Here, not in addopts: `python -m pytest path::test` runs one test in-process, with no workers.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser postgres $(BQ_STAMP)
 	$(BIN)/dg check defs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -30,13 +30,18 @@ def record_outcome():
     return record
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+def session_table() -> tuple[str, list[str], list[str]] | None:
+    """The outcome table (title, header lines, rows); the root conftest gathers it from xdist workers."""
     if not OUTCOMES:
-        return
-    terminalreporter.write_sep("=", "daemon crash matrix: outcome per scenario")
-    terminalreporter.write_line("| scenario | faults | what the pipeline did | converged after last fault (s) | bound (s) | verdict |")
-    terminalreporter.write_line("|---|---|---|---|---|---|")
-    for o in OUTCOMES:
-        terminalreporter.write_line(
-            f"| {o.scenario} | {o.faults} | {o.recovery} | {o.converge_seconds:.1f} | {o.bound_seconds:.0f} | {o.verdict} |"
-        )
+        return None
+    header = ["| scenario | faults | what the pipeline did | converged after last fault (s) | bound (s) | verdict |", "|---|---|---|---|---|---|"]
+    rows = [f"| {o.scenario} | {o.faults} | {o.recovery} | {o.converge_seconds:.1f} | {o.bound_seconds:.0f} | {o.verdict} |" for o in OUTCOMES]
+    return "daemon crash matrix: outcome per scenario", header, rows
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if table := session_table():
+        title, header, rows = table
+        terminalreporter.write_sep("=", title)
+        for line in header + rows:
+            terminalreporter.write_line(line)

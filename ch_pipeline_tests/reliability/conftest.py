@@ -56,10 +56,20 @@ def _fault_ids(points: tuple) -> str:
     return "+".join(point[0] if isinstance(point, tuple) else point for point in points).replace(" ", "_")
 
 
+def session_table() -> tuple[str, list[str], list[str]] | None:
+    """The outcome table (title, header lines, rows); the root conftest gathers it from xdist workers."""
+    if not OUTCOMES:
+        return None
+    lines = format_outcomes(OUTCOMES).splitlines()
+    return "crash matrix and outages: outcome per fault point", lines[:2], lines[2:]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if OUTCOMES:
-        terminalreporter.write_sep("=", "crash matrix and outages: outcome per fault point")
-        terminalreporter.write_line(format_outcomes(OUTCOMES))
+    if table := session_table():
+        title, header, rows = table
+        terminalreporter.write_sep("=", title)
+        for line in header + rows:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
