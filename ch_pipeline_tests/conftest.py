@@ -80,19 +80,22 @@ def pytest_xdist_make_scheduler(config, log):
     return ByPath(config, log)
 
 
-# The crash matrices print an outcome table at the end of the session (``session_table`` in
-# daemon/conftest.py and reliability/conftest.py). Under xdist those conftests run in the workers,
-# which print nothing: each worker sends its rows, and the controller prints the tables.
+# The crash matrices print an outcome table at the end of the session: each conftest that has one
+# defines ``session_table`` (daemon/conftest.py, reliability/conftest.py). Under xdist those conftests
+# run in the workers, which print nothing: each worker sends its rows, and the controller prints them.
 WORKER_TABLES: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def session_tables(config: pytest.Config) -> list[tuple[str, list[str], list[str]]]:
+    """The outcome tables of this process's conftests: (title, header lines, rows) each."""
+    return [table for plugin in config.pluginmanager.get_plugins()
+            if callable(getattr(plugin, "session_table", None)) and (table := plugin.session_table())]  # fmt: skip
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is None:
-        return
-    tables = [table for plugin in session.config.pluginmanager.get_plugins()
-              if callable(getattr(plugin, "session_table", None)) and (table := plugin.session_table())]  # fmt: skip
-    workeroutput["session_tables"] = [[title, header, rows] for title, header, rows in tables]
+    if workeroutput is not None:
+        workeroutput["session_tables"] = [list(table) for table in session_tables(session.config)]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -102,7 +105,8 @@ def pytest_testnodedown(node, error) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    for title, (header, rows) in WORKER_TABLES.items():
+    tables = [(title, header, rows) for title, (header, rows) in WORKER_TABLES.items()] or session_tables(config)
+    for title, header, rows in tables:
         terminalreporter.write_sep("=", title)
         for line in header + rows:
             terminalreporter.write_line(line)

@@ -31,17 +31,9 @@ def record_outcome():
 
 
 def session_table() -> tuple[str, list[str], list[str]] | None:
-    """The outcome table (title, header lines, rows); the root conftest gathers it from xdist workers."""
+    """The outcome table (title, header lines, rows); the root conftest prints it at the end."""
     if not OUTCOMES:
         return None
     header = ["| scenario | faults | what the pipeline did | converged after last fault (s) | bound (s) | verdict |", "|---|---|---|---|---|---|"]
     rows = [f"| {o.scenario} | {o.faults} | {o.recovery} | {o.converge_seconds:.1f} | {o.bound_seconds:.0f} | {o.verdict} |" for o in OUTCOMES]
     return "daemon crash matrix: outcome per scenario", header, rows
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if table := session_table():
-        title, header, rows = table
-        terminalreporter.write_sep("=", title)
-        for line in header + rows:
-            terminalreporter.write_line(line)

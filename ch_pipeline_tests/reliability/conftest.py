@@ -57,19 +57,11 @@ def _fault_ids(points: tuple) -> str:
 
 
 def session_table() -> tuple[str, list[str], list[str]] | None:
-    """The outcome table (title, header lines, rows); the root conftest gathers it from xdist workers."""
+    """The outcome table (title, header lines, rows); the root conftest prints it at the end."""
     if not OUTCOMES:
         return None
     lines = format_outcomes(OUTCOMES).splitlines()
     return "crash matrix and outages: outcome per fault point", lines[:2], lines[2:]
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if table := session_table():
-        title, header, rows = table
-        terminalreporter.write_sep("=", title)
-        for line in header + rows:
-            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
