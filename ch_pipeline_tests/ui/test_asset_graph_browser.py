@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from ch_pipeline.kafka.broker import free_port
+from ch_pipeline.processes import Child
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -76,16 +76,17 @@ def dagster_webserver(tmp_path_factory, broker):
     land_one_stream_range(home, data, broker.bootstrap_servers)
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "CH_DATA_DIR": str(data), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-    log = open(home / "dagster-dev.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    # Stopped as every stack is (ch_pipeline.processes): its whole group, SIGKILL after the grace. A
+    # `dagster dev` started without a terminal ignores SIGTERM, so a long grace only waited it out (30 s).
+    webserver = Child(
+        "dagster dev", [str(Path(sys.executable).parent / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, cwd=REPO, log=home / "dagster-dev.log", grace=3,
+    ).start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert process.poll() is None, (home / "dagster-dev.log").read_text()
+            assert webserver.running, webserver.tail(200)
             try:
                 if requests.get(f"{url}/server_info", timeout=2).ok:
                     break
@@ -95,11 +96,7 @@ def dagster_webserver(tmp_path_factory, broker):
             pytest.fail("dagster dev did not answer /server_info within 120 s")
         yield url
     finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        webserver.stop()
 
 
 def test_asset_graph_shows_the_whole_lineage(dagster_webserver, tmp_path):
